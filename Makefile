@@ -1,0 +1,27 @@
+# facekd: one-command set-up. Everything installs into ./.venv from pyproject.toml.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q tests
+
+demo: $(STAMP)
+	$(PY) -m facekd.pipelines.demo
+
+bench: $(STAMP)
+	$(PY) -m bench.run_all
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,125 @@
+"""End-to-end evaluation commands on tiny synthetic data: verify (torch checkpoint, backbone.pth,
+ONNX) and identify (.rec image datasets embedded by a model)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from facekd.data.image_codec import encode_image
+from facekd.data.recordio import IRHeader, RecordIOWriter, pack_record
+from facekd.data.synthetic import synthetic_splits
+from facekd.eval.identify import main as identify_main
+from facekd.eval.verify import VerificationSet, main as verify_main, verify_model
+from facekd.models.registry import build_backbone
+from facekd.models.weights import make_facekd_checkpoint, save_weights_file
+
+OPTIONS = {"input_size": 32, "width": 0.125, "embedding_size": 16}
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return synthetic_splits(num_train_ids=1, images_per_id=1, num_val_ids=20, num_pairs=60, num_gallery_ids=12,
+                            num_unlabeled_ids=0, size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, splits):
+    root = tmp_path_factory.mktemp("evalcli")
+    torch.manual_seed(0)
+    model = build_backbone("r18", **OPTIONS)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32))  # non-trivial batch-norm statistics
+    model.eval()
+    save_weights_file(make_facekd_checkpoint("r18", OPTIONS, model), root / "ckpt.pt")
+    torch.save(model.state_dict(), root / "backbone.pth")
+    splits.save_pairs(root / "synth.bin")
+    return root, model
+
+
+def _check_report(out) -> dict:
+    report = json.loads((out / "verification.json").read_text())
+    metrics = report["sets"]["synth"]
+    assert metrics["n_pairs"] == 60
+    for key in ("accuracy", "accuracy_std", "threshold", "val_at_far", "auc", "eer", "best_accuracy_single_threshold"):
+        assert math.isfinite(metrics[key]), key
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert (out / "roc.png").stat().st_size > 1000 and (out / "scores.png").stat().st_size > 1000
+    return metrics
+
+
+def test_verify_checkpoint_and_backbone_pth_agree(workdir, capsys) -> None:
+    root, _ = workdir
+    assert verify_main(["--model", str(root / "ckpt.pt"), "--bins", str(root / "synth.bin"),
+                        "--out", str(root / "v1")]) == 0
+    printed = capsys.readouterr().out
+    assert "Accuracy-Flip" in printed and "synth" in printed and "+-" in printed
+    a = _check_report(root / "v1")
+    options = [f"--model-option={k}={v}" for k, v in OPTIONS.items()]
+    assert verify_main(["--model", str(root / "backbone.pth"), "--arch", "r18", *options,
+                        "--bins", "synth.bin", "--data-dir", str(root), "--out", str(root / "v2")]) == 0
+    b = _check_report(root / "v2")
+    assert a["accuracy"] == b["accuracy"] and a["auc"] == b["auc"]
+
+
+def test_verify_onnx_matches_torch(workdir, splits) -> None:
+    onnx_backbone = pytest.importorskip("facekd.models.onnx_backbone")
+    root, model = workdir
+    path = onnx_backbone.export_onnx(model, root / "model.onnx")
+    assert verify_main(["--model", str(path), "--bins", str(root / "synth.bin"), "--out", str(root / "v3")]) == 0
+    _check_report(root / "v3")
+    vs = [VerificationSet("synth", splits.pair_images, splits.issame)]
+    torch_res = verify_model(model, vs, show_progress=False)[0]
+    onnx_res = verify_model(onnx_backbone.OnnxBackbone(path), vs, show_progress=False)[0]
+    np.testing.assert_allclose(onnx_res.distances, torch_res.distances, atol=1e-4)
+
+
+def test_verify_reports_bad_input(workdir, capsys) -> None:
+    root, _ = workdir
+    assert verify_main(["--model", str(root / "ckpt.pt"), "--bins", str(root / "missing.bin")]) == 2
+    assert "missing.bin" in capsys.readouterr().err
+    assert verify_main(["--model", str(root / "backbone.pth"), "--bins", str(root / "synth.bin")]) == 2
+    assert "--arch" in capsys.readouterr().err
+    (root / "broken.bin").write_bytes(b"not a pickle")
+    assert verify_main(["--model", str(root / "ckpt.pt"), "--bins", str(root / "broken.bin")]) == 2
+    assert "broken.bin" in capsys.readouterr().err
+
+
+def _write_rec(path, images: np.ndarray, labels: np.ndarray) -> None:
+    with RecordIOWriter(path) as writer:
+        for key, (img, label) in enumerate(zip(images, labels)):
+            writer.write(key, pack_record(IRHeader(0, float(label), key, 0), encode_image(img, ".png")))
+
+
+def test_identify_with_rec_datasets(workdir, splits, tmp_path) -> None:
+    root, _ = workdir
+    _write_rec(tmp_path / "gallery.rec", splits.gallery_images, splits.gallery_labels)
+    probe_labels = np.where(splits.probe_labels < 0, 1000 + np.arange(splits.probe_labels.size),
+                            splits.probe_labels)  # non-mated: identities absent from the gallery
+    _write_rec(tmp_path / "probes.rec", splits.probe_images, probe_labels)
+    rc = identify_main(["--model", str(root / "ckpt.pt"), "--gallery", str(tmp_path / "gallery.rec"),
+                        "--probes", str(tmp_path / "probes.rec"), "--index", "flat", "--out", str(tmp_path / "out")])
+    assert rc == 0
+    report = json.loads((tmp_path / "out" / "identification.json").read_text())
+    assert report["gallery_size"] == 12 and report["n_mated"] == 24 and report["n_nonmated"] == 6
+    assert 0.0 <= report["cmc"]["rank1"] <= report["cmc"]["rank5"] <= report["cmc"]["rank10"] <= 1.0
+    assert report["recall_at_1"] == 1.0
+
+
+def test_identify_image_source_needs_a_model(tmp_path, splits, capsys) -> None:
+    _write_rec(tmp_path / "g.rec", splits.gallery_images[:2], splits.gallery_labels[:2])
+    rc = identify_main(["--gallery", str(tmp_path / "g.rec"), "--probes", str(tmp_path / "g.rec")])
+    assert rc == 2 and "--model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entry", [verify_main, identify_main])
+def test_help_lists_every_option(entry, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        entry(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "--model" in text and "default" in text
