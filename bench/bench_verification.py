@@ -21,7 +21,7 @@ def lfw_like_pairs(n_pairs: int = 6000, dim: int = 512, seed: int = 0) -> tuple[
     rng = np.random.default_rng(seed)
     same = np.tile(np.r_[np.ones(300, bool), np.zeros(300, bool)], n_pairs // 600 + 1)[:n_pairs]
     a = rng.normal(size=(n_pairs, dim))
-    b = np.where(same[:, None], a + 1.1 * rng.normal(size=(n_pairs, dim)), rng.normal(size=(n_pairs, dim)))
+    b = np.where(same[:, None], a + 5.0 * rng.normal(size=(n_pairs, dim)), rng.normal(size=(n_pairs, dim)))
     emb = np.empty((2 * n_pairs, dim))
     emb[0::2], emb[1::2] = a, b
     return emb / np.linalg.norm(emb, axis=1, keepdims=True), same

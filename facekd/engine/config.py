@@ -6,9 +6,13 @@ Pipeline configs inherit ``TrainConfig`` and add their own fields, so ``--batch-
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from typing import Any, Sequence, TypeVar
 
-from facekd.config import field
+from facekd.config import ConfigError, add_config_arguments, config_from_args, field, load_yaml
+
+T = TypeVar("T")
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 BN_MODES = ("batch", "sync", "frozen")
@@ -65,3 +69,32 @@ class TrainConfig:
     keep_ckpts: int = field(3, help="keep the newest K checkpoints")
     export_onnx: bool = field(False, help="also write model.onnx (checked against torch with onnxruntime)")
     tensorboard: bool = field(True, help="write TensorBoard event files into the output directory")
+
+
+def parse_training_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | None = None,
+                          description: str = "") -> tuple[T, argparse.Namespace]:
+    """``facekd.config.parse_config`` for training pipelines, aware of ``--resume``.
+
+    With ``--resume RUN`` the run's saved ``config.yaml`` is the base (its output directory
+    included), and only what the command line says explicitly (flags, ``--config``, ``--set``)
+    changes it; e.g. ``--resume RUN --max-steps 2000`` extends a run.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    base: dict[str, Any] = {}
+    try:
+        resume = getattr(args, "resume", None)
+        if resume:
+            from facekd.engine.checkpoint import resolve_resume
+
+            run_dir, _ = resolve_resume(resume)
+            saved = run_dir / "config.yaml"
+            if saved.is_file():
+                base = load_yaml(saved)
+            base["out"] = str(run_dir)
+        return config_from_args(cls, args, base), args
+    except (ConfigError, ValueError) as err:
+        parser.error(str(err))
+        raise  # unreachable; parser.error exits

@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = ["OptimError", "register_optimizer", "build_optimizer", "list_optimizers", "register_schedule",
-           "list_schedules", "ScheduleSpec", "build_scheduler", "lr_factor"]
+           "list_schedules", "OptimSettings", "ScheduleSpec", "build_scheduler", "lr_factor", "milestones_tuple"]
 
 
 class OptimError(ValueError):
@@ -136,7 +136,7 @@ def _constant(step: int, spec: ScheduleSpec) -> float:
 
 
 class _Factor:
-    """Picklable-free lr multiplier used by LambdaLR (its state is rebuilt from the config, not saved)."""
+    """The lr multiplier LambdaLR calls; rebuilt from the config on resume, never saved in checkpoints."""
 
     def __init__(self, name: str, spec: ScheduleSpec) -> None:
         self._decay = _SCHEDULES[name]

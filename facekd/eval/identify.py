@@ -18,10 +18,10 @@ from facekd.eval.embed import DEFAULT_BATCH_SIZE, load_model, parse_model_option
 from facekd.eval.identification import (CMC_RANKS, FPIR_TARGETS, GalleryIndex, IdentificationError,
                                         IndexOptions, add_distractors, identification_metrics, index_kinds,
                                         prepare_embeddings, prepare_labels)
-from facekd.eval.sources import EmbeddingSourceError, load_embeddings
+from facekd.eval.sources import EmbeddingSet, EmbeddingSourceError, load_embeddings, match_labels_by_name
 from facekd.log import get_logger
 
-log = get_logger(__name__)
+log = get_logger("facekd.eval.identify")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ef-construction", type=int, default=IndexOptions.ef_construction, help="HNSW build beam")
     p.add_argument("--ef-search", type=int, default=IndexOptions.ef_search, help="HNSW search beam")
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default: power of two near 8*sqrt(N))")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query (default: nlist/32, >= 16)")
-    p.add_argument("--rerank", type=int, default=0,
-                   help="re-rank RERANK*k candidates of an approximate index with exact scores (0 = off)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query (default: nlist/8, >= 16)")
+    p.add_argument("--rerank", type=int, default=None,
+                   help="re-rank RERANK*k candidates of an approximate index with exact scores "
+                        "(0 = off; default: 4 for ivfpq, off otherwise)")
     p.add_argument("--threads", type=int, default=None, help="faiss threads (default: all cores)")
     p.add_argument("--save-index", default=None, help="directory to save the built index (and labels) to")
     p.add_argument("--load-index", default=None, help="directory of a saved index to search instead of building")
@@ -68,15 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_source(path: str, labels: str | None, model: Any, batch_size: int, what: str,
-                 need_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    emb, lab = load_embeddings(path, model, labels, batch_size, desc=what)
-    emb = prepare_embeddings(emb, f"{what} ({path})")
+                 need_labels: bool = True) -> EmbeddingSet:
+    """Read and validate one source: normalised embeddings and (when needed) integer labels."""
+    loaded = load_embeddings(path, model, labels, batch_size, desc=what)
+    emb = prepare_embeddings(loaded.embeddings, f"{what} ({path})")
+    lab = loaded.labels
     if need_labels:
         if lab is None:
             raise IdentificationError(f"{what} ({path}): no identity labels; pass --{what}-labels "
                                       f"or store <stem>_labels.npy next to the embeddings")
         lab = prepare_labels(lab, emb.shape[0], f"{what} labels ({path})")
-    return emb, lab
+    return EmbeddingSet(emb, lab, loaded.names)
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -107,29 +110,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.gallery is None and args.load_index is None:
-        raise SystemExit("facekd.eval.identify: give --gallery (to build an index) or --load-index")
+        raise IdentificationError("give --gallery (to build an index) or --load-index")
     if args.load_index and args.distractors:
-        raise SystemExit("facekd.eval.identify: --distractors cannot be added to a loaded index; rebuild it")
+        raise IdentificationError("--distractors cannot be added to a loaded index; rebuild it")
     model = load_model(args.model, args.arch, **parse_model_options(args.model_option)) if args.model else None
-    gallery = None
+    gallery: np.ndarray | None = None
     if args.gallery:
-        gallery, gallery_labels = _load_source(args.gallery, args.gallery_labels, model, args.batch_size, "gallery")
+        gallery_set = _load_source(args.gallery, args.gallery_labels, model, args.batch_size, "gallery")
+        gallery, gallery_labels = gallery_set.embeddings, gallery_set.labels
         if args.distractors:
-            extra, _ = _load_source(args.distractors, None, model, args.batch_size, "distractors", need_labels=False)
-            gallery, gallery_labels = add_distractors(gallery, gallery_labels, extra)
+            extra = _load_source(args.distractors, None, model, args.batch_size, "distractors", need_labels=False)
+            gallery, gallery_labels = add_distractors(gallery, gallery_labels, extra.embeddings)
             log.info("gallery with distractors: %d vectors", gallery.shape[0])
     options = IndexOptions(hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search,
                            nlist=args.nlist, nprobe=args.nprobe, rerank=args.rerank, threads=args.threads)
     if args.load_index:
         index = GalleryIndex.load(args.load_index)
         if gallery is not None and gallery.shape[0] != index.size:
-            raise SystemExit(f"facekd.eval.identify: the gallery has {gallery.shape[0]} vectors but the index "
-                             f"{args.load_index} holds {index.size}")
+            raise IdentificationError(f"the gallery has {gallery.shape[0]} vectors but the index "
+                                      f"{args.load_index} holds {index.size}")
     else:
-        index = GalleryIndex.build(gallery, gallery_labels, args.index, options)
+        index = GalleryIndex.build(gallery, gallery_labels, args.index, options, names=gallery_set.names)
         if args.save_index:
             log.info("saved index to %s", index.save(args.save_index))
-    probes, probe_labels = _load_source(args.probes, args.probe_labels, model, args.batch_size, "probe")
+    probe_set = _load_source(args.probes, args.probe_labels, model, args.batch_size, "probe")
+    probes = probe_set.embeddings
+    probe_labels = match_labels_by_name(EmbeddingSet(probes[:0], None, index.names), probe_set)
     result = identification_metrics(index, probes, probe_labels, CMC_RANKS, FPIR_TARGETS,
                                     gallery_for_exact=None if args.no_recall else gallery,
                                     recall_queries=args.recall_queries, candidates=args.candidates)

@@ -21,7 +21,7 @@ from facekd.eval.verification import (TAR_FAR_TARGETS, VerificationInputError, e
                                       pair_distances, roc_points)
 from facekd.log import get_logger
 
-log = get_logger(__name__)
+log = get_logger("facekd.eval.verify")
 
 
 @dataclass
@@ -46,12 +46,14 @@ class SetResult:
 def load_sets(paths: Sequence[str | Path], image_size: int | tuple[int, int] | None = None) -> list[VerificationSet]:
     """Read .bin files (named by file stem) with facekd's safe .bin reader."""
     from facekd.data.verification_bin import load_bin
-    sets = []
+    sets: list[VerificationSet] = []
     for p in paths:
         path = Path(p)
         log.info("loading %s", path)
         images, issame = load_bin(path, image_size)
-        sets.append(VerificationSet(name=path.stem, images=images, issame=np.asarray(issame, dtype=bool)))
+        taken = {s.name for s in sets}
+        name = path.stem if path.stem not in taken else f"{path.stem}_{len(sets)}"
+        sets.append(VerificationSet(name=name, images=images, issame=np.asarray(issame, dtype=bool)))
     return sets
 
 
@@ -91,7 +93,8 @@ def format_table(results: Sequence[SetResult]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(results: Sequence[SetResult], out_dir: str | Path, info: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_outputs(results: Sequence[SetResult], out_dir: str | Path,
+                  info: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write verification.json, roc.png (all sets, log-FAR) and scores.png (genuine vs impostor)."""
     from facekd.eval.plots import plot_roc, plot_score_distributions
     out = Path(out_dir)

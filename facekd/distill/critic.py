@@ -1,0 +1,96 @@
+"""The teacher's classifier as a *semantic critic*: frozen (never trained, ``requires_grad`` off)
+but not detached, so logits computed from a student's features pass gradients back to them.
+
+* ``CosineCritic``: face classifiers, logits ``s * cos(W, e)`` without margin (unlabeled images
+  have no label to put a margin on), optionally over a subset of class centres;
+* ``LinearCritic``: classification heads, logits ``W x + b`` (shares the teacher's nn.Linear).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CosineCritic", "LinearCritic", "CriticError", "DEFAULT_SCALE"]
+
+DEFAULT_SCALE = 64.0
+"""Scale s of face logits, as arcface_torch trains with; small CPU benchmarks may prefer 32."""
+
+
+class CriticError(ValueError):
+    """Features or centre indices a critic cannot use."""
+
+
+def _frozen(t: Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().float().clone(), requires_grad=False)
+
+
+def _check(features: Tensor, dim: int, what: str) -> None:
+    if features.dim() != 2 or features.shape[1] != dim:
+        raise CriticError(f"{what} expects features [N, {dim}], got {list(features.shape)}")
+
+
+class CosineCritic(nn.Module):
+    """``s * cos(W, e)`` for class centres W [C, D] (float32, autocast off); rows of W are normalised once."""
+
+    def __init__(self, weight: Tensor, scale: float = DEFAULT_SCALE) -> None:
+        super().__init__()
+        if weight.dim() != 2 or weight.shape[0] < 1:
+            raise CriticError(f"class centres must be a [C, D] matrix, got {list(weight.shape)}")
+        if not scale > 0:
+            raise CriticError(f"scale s must be positive, got {scale!r}")
+        self.weight = _frozen(F.normalize(weight.float(), dim=1))
+        self.scale = float(scale)
+
+    @property
+    def num_classes(self) -> int:
+        """C."""
+        return int(self.weight.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        """D."""
+        return int(self.weight.shape[1])
+
+    def forward(self, features: Tensor, centres: Tensor | None = None) -> Tensor:
+        """Logits [N, C] (or [N, len(centres)] over the centres with those class ids)."""
+        _check(features, self.in_features, type(self).__name__)
+        weight = self.weight
+        if centres is not None:
+            if centres.dim() != 1 or (centres.numel() and (int(centres.min()) < 0 or
+                                                           int(centres.max()) >= self.num_classes)):
+                raise CriticError(f"centres must be a 1-D tensor of class ids in [0, {self.num_classes}), got "
+                                  f"shape {list(centres.shape)}")
+            weight = weight.index_select(0, centres.to(weight.device))
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return F.linear(F.normalize(features.float(), dim=1), weight) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, in_features={self.in_features}, scale={self.scale}"
+
+
+class LinearCritic(nn.Module):
+    """A classification teacher's final ``nn.Linear`` as a critic (the teacher's own layer, frozen)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise CriticError(f"a classification critic needs the teacher's nn.Linear, got {type(linear).__name__}")
+        linear.requires_grad_(False)
+        self.linear = linear
+
+    @property
+    def num_classes(self) -> int:
+        """K."""
+        return int(self.linear.out_features)
+
+    @property
+    def in_features(self) -> int:
+        """C_t."""
+        return int(self.linear.in_features)
+
+    def forward(self, features: Tensor, centres: Tensor | None = None) -> Tensor:
+        """Logits [N, K] (columns ``centres`` only, when given)."""
+        _check(features, self.in_features, type(self).__name__)
+        logits = self.linear(features)
+        return logits if centres is None else logits.index_select(1, centres.to(logits.device))

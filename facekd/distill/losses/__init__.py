@@ -1,0 +1,1 @@
+"""Distillation losses, one small module per method, selected by name through ``registry``."""

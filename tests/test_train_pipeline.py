@@ -1,0 +1,136 @@
+"""``python -m facekd.pipelines.train`` end to end on tiny synthetic identities: the loss falls,
+outputs load back, a killed run resumes to the uninterrupted weights, a diverging run stops with
+a clear message, and the ONNX export matches torch and loads in insightface."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from facekd.config import to_dict
+from facekd.engine.checkpoint import list_checkpoints
+from facekd.engine.config import parse_training_config
+from facekd.engine.metrics_log import read_metrics
+from facekd.models.weights import load_backbone, load_classifier, load_weights_file
+from facekd.pipelines.train import FaceTrainConfig, init_class_centres, main, run
+
+TINY = ["--backbone", "mbf", "--width", "0.125", "--input-size", "32", "--embedding-size", "32",
+        "--batch-size", "16", "--workers", "0", "--scale", "16", "--margin", "0.3", "--no-tensorboard",
+        "--set", "data=synthetic:ids=12,per_id=8,size=32"]
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    return [*TINY, "--out", str(out), *extra]
+
+
+def test_loss_falls_and_outputs_load(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(_args(out, "--max-steps", "36", "--lr", "0.1", "--log-every", "6", "--val-pairs", "200",
+                      "--eval-every", "18", "--ckpt-every", "18")) == 0
+    records = read_metrics(out)
+    losses = [r["loss/arcface"] for r in records if "loss/arcface" in r]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0]
+    evals = [r for r in records if "eval/synthetic/accuracy" in r]
+    assert [r["step"] for r in evals] == [18, 36]
+    assert all(0.0 <= r["eval/synthetic/accuracy"] <= 1.0 for r in evals)
+    saved, _ = parse_training_config(FaceTrainConfig, ["--config", str(out / "config.yaml")])
+    assert saved.max_steps == 36 and saved.backbone == "mbf"
+    model = load_backbone("mbf", out / "backbone.pth", embedding_size=32, input_size=32, width=0.125)
+    from_ckpt = load_backbone(None, list_checkpoints(out)[-1])  # engine checkpoints load like released models
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), from_ckpt(x))
+    assert load_classifier(out / "head.pth").shape == (12, 32)
+
+
+def _kill_after(step: int):
+    def callback(trainer, done: int) -> None:
+        if done == step:
+            raise KeyboardInterrupt
+    return callback
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    common = ("--max-steps", "10", "--ckpt-every", "4", "--val-pairs", "0", "--warmup-steps", "2", "--seed", "5",
+              "--deterministic")
+    assert main(_args(tmp_path / "full", *common)) == 0
+    cfg, _ = parse_training_config(FaceTrainConfig, _args(tmp_path / "cut", *common))
+    with pytest.raises(KeyboardInterrupt):  # 96 images / 16 = 6 steps per epoch: dies mid-epoch 2
+        run(cfg, callbacks=[_kill_after(7)])
+    assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["step_00000004.pt"]
+    assert main(["--resume", str(tmp_path / "cut")]) == 0
+    full = load_weights_file(tmp_path / "full" / "backbone.pth")
+    resumed = load_weights_file(tmp_path / "cut" / "backbone.pth")
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+    assert torch.equal(load_classifier(tmp_path / "full" / "head.pth"), load_classifier(tmp_path / "cut" / "head.pth"))
+
+
+def test_diverging_run_stops_with_the_step_and_keeps_its_checkpoint(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "nan"
+    # lr 0.1 for the first epoch (6 steps), then x 1e31 at epoch 1: the weights blow up
+    code = main(_args(out, "--max-steps", "12", "--ckpt-every", "6", "--val-pairs", "0", "--schedule", "step",
+                      "--lr-milestones", "1", "--lr-gamma", "1e31"))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss at step" in err and "step_00000006.pt is kept unchanged" in err
+    assert [p.name for p in list_checkpoints(out)] == ["step_00000006.pt"]
+    ckpt = load_weights_file(list_checkpoints(out)[0])
+    assert all(torch.isfinite(v).all() for v in ckpt["backbone"].values() if v.is_floating_point())
+    assert not (out / "backbone.pth").exists()
+
+
+def test_onnx_export_matches_torch_and_loads_in_insightface(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    from insightface.model_zoo import get_model
+
+    out = tmp_path / "onnx"
+    assert main(["--backbone", "mbf", "--width", "0.125", "--input-size", "112", "--embedding-size", "64",
+                 "--batch-size", "8", "--workers", "0", "--max-steps", "2", "--val-pairs", "0", "--no-tensorboard",
+                 "--export-onnx", "--set", "data=synthetic:ids=4,per_id=4,size=112", "--out", str(out)]) == 0
+    model = load_backbone("mbf", out / "backbone.pth", embedding_size=64, input_size=112, width=0.125)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (inp,), (outp,) = session.get_inputs(), session.get_outputs()
+    assert inp.shape[1:] == [3, 112, 112] and outp.shape[1] == 64
+    x = torch.randn(3, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    scale = np.abs(expected).max()  # eval-mode embeddings after 2 steps can be large: compare relatively
+    assert np.abs(session.run(None, {inp.name: x.numpy()})[0] - expected).max() <= 1e-5 * scale + 1e-5
+
+    rec = get_model(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert rec is not None and rec.taskname == "recognition"
+    rgb = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    feat = rec.get_feat(rgb[:, :, ::-1].copy())  # insightface takes BGR
+    with torch.no_grad():
+        ours = model(torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).sub(0.5).div(0.5)).numpy()
+    assert np.abs(feat.reshape(-1) - ours.reshape(-1)).max() <= 1e-5 * np.abs(ours).max() + 1e-5
+
+
+def test_class_centres_do_not_depend_on_sharding() -> None:
+    from facekd.models.heads import MarginHead
+
+    full = MarginHead(8, 10000)
+    init_class_centres(full, seed=4)
+    shard = SimpleNamespace(weight=torch.nn.Parameter(torch.zeros(5, 8)), class_start=4093)  # rows across a block edge
+    init_class_centres(shard, seed=4)
+    assert torch.equal(shard.weight.detach(), full.weight.detach()[4093:4098])
+    assert full.weight.std().item() == pytest.approx(0.01, rel=0.05)
+
+
+def test_help_and_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--backbone", "--head", "--partial-fc", "--val-bins", "--resume", "--lr", "--export-onnx",
+                 "--amp", "--accum-steps", "--set"):
+        assert flag in text
+    for preset in ("arcface_r100", "arcface_mbf", "train_cpu_tiny"):
+        cfg, _ = parse_training_config(FaceTrainConfig, ["--config", preset])
+        assert to_dict(cfg)["head"] == "arcface"
+    r100, _ = parse_training_config(FaceTrainConfig, ["--config", "arcface_r100", "--lr", "0.2"])
+    assert (r100.backbone, r100.lr, r100.clip_grad_norm, r100.weight_decay) == ("r100", 0.2, 5.0, 5e-4)
