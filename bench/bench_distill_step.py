@@ -177,7 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           "are random: step times do not depend on weight values. Class counts are far below MS1MV3's "
           "93k; the cross-network logits cost N x C x D multiply-adds forward and backward, which at "
           "C = 93k and batch 128 is about 6 GFLOP per step, small beside the student's convolutions on a "
-          "GPU but worth re-measuring there."
+          "GPU but worth re-measuring there. The 2-core machine is shared with other jobs, so single "
+          "timings move by 10-20 %; a cache / plain ratio below 1 is such noise (the cache step does "
+          "strictly more work), and the online / plain ratio is the robust contrast."
     )
     write_section("distill_step", "Distillation step time: teacher cache vs plain vs online teacher", body)
     return 0

@@ -21,6 +21,8 @@ from facekd.data_prep.manifest import load_manifest
 from facekd.data_prep.photos import read_photo
 from facekd.data.errors import DataFormatError
 
+pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
+
 T1 = Path(__import__("insightface").__file__).parent / "data" / "images" / "t1.jpg"  # 6 people
 
 

@@ -69,7 +69,7 @@ GALLERY_BASE = 3 * NAMESPACE_SIZE
 
 _SHIFT = 4                      # cv2 sub-pixel bits: coordinates are given in 1/16 px
 _ONE = 1 << _SHIFT
-_IDENTITY_TAG, _SAMPLE_TAG = 1, 2
+_IDENTITY_TAG, _SAMPLE_TAG, _NOISE_TAG = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -277,6 +277,7 @@ class SyntheticFaces:
         self.size = int(size)
         self.difficulty = Difficulty.from_kwargs(**difficulty)
         self._cache: dict[int, _Identity] = {}
+        self._noise_bank: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"SyntheticFaces(seed={self.seed}, size={self.size}, {self.difficulty})"
@@ -317,10 +318,9 @@ class SyntheticFaces:
         s = self.size
         base = rng.uniform(40, 215, 3) * min(1.0, amount) + 128 * (1 - min(1.0, amount))
         other = base + rng.normal(0, 40 * amount, 3)
-        t = _unit_ramp(s)
-        ramp = t[:, None] if rng.random() < 0.5 else t[None, :]
-        img = (base[None, None, :] * (1 - ramp[..., None]) + other[None, None, :] * ramp[..., None])
-        img = np.ascontiguousarray(np.broadcast_to(np.clip(img, 0, 255), (s, s, 3)).astype(np.uint8))
+        ends = np.clip(np.stack([base, other]), 0, 255).astype(np.uint8)
+        ends = ends.reshape(2, 1, 3) if rng.random() < 0.5 else ends.reshape(1, 2, 3)
+        img = cv2.resize(ends, (s, s), interpolation=cv2.INTER_LINEAR)  # a linear colour ramp
         for _ in range(int(rng.integers(0, 4) * min(1.0, amount))):
             cv2.ellipse(img, (int(rng.uniform(0, s) * _ONE), int(rng.uniform(0, s) * _ONE)),
                         (int(rng.uniform(0.05, 0.3) * s * _ONE), int(rng.uniform(0.05, 0.3) * s * _ONE)),
@@ -479,27 +479,42 @@ class SyntheticFaces:
             pen.poly([(-f.face_w * 1.2, top + 0.16), (f.face_w * 1.2, top + 0.16), (f.face_w * 1.0, top + 0.22),
                       (-f.face_w * 1.0, top + 0.22)], _col(np.asarray(color) * 0.7), z=0.05)
 
-    @staticmethod
-    def _photo_effects(img: np.ndarray, rng: np.random.Generator, d: Difficulty, s: int) -> np.ndarray:
+    def _noise(self, rng: np.random.Generator) -> np.ndarray:
+        """Unit Gaussian noise (s x s x 3): a random window of a per-generator bank, random sign."""
+        s = self.size
+        if self._noise_bank is None:
+            bank_rng = np.random.default_rng([self.seed, _NOISE_TAG, s])
+            self._noise_bank = bank_rng.standard_normal((2 * s, 2 * s, 3), dtype=np.float32)
+        oy, ox = rng.integers(0, s + 1, 2)
+        window = self._noise_bank[oy:oy + s, ox:ox + s]
+        return window if rng.random() < 0.5 else -window
+
+    def _photo_effects(self, img: np.ndarray, rng: np.random.Generator, d: Difficulty, s: int) -> np.ndarray:
         u = rng.random(10)
         sigma = d.blur * u[0] * 1.2 * s / 112.0 + 0.25 * s / 112.0
         if sigma > 0.3:
             img = cv2.GaussianBlur(img, (0, 0), sigma)
-        x = img.astype(np.float32)
         light = d.light
         gain = 1 + light * 0.3 * (2 * u[1] - 1)
         contrast = 1 + light * 0.3 * (2 * u[2] - 1)
         cast = 1 + light * 0.12 * (2 * u[3:6] - 1)
         mean = 118.0
-        x = ((x - mean) * contrast + mean) * gain * cast.astype(np.float32)
+        # ((x - mean) * contrast + mean) * gain * cast, as one per-channel affine map
+        scale = (contrast * gain * cast).astype(np.float32)
+        offset = (mean * (1 - contrast) * gain * cast).astype(np.float32)
+        x = img.astype(np.float32)
+        x *= scale
+        x += offset
         if light > 0:
             angle = u[6] * 2 * math.pi
             t = _unit_ramp(s) - np.float32(0.5)
-            ramp = math.cos(angle) * t[None, :] + math.sin(angle) * t[:, None]
-            x *= (1 + light * 0.6 * u[7] * ramp)[..., None]
+            shade = np.float32(1) + np.float32(light * 0.6 * u[7]) * (
+                np.float32(math.cos(angle)) * t[None, :] + np.float32(math.sin(angle)) * t[:, None])
+            x *= shade[..., None]
         if d.noise > 0:
-            x += rng.standard_normal((s, s, 3), dtype=np.float32) * np.float32(d.noise * 10 * u[8])
-        return np.clip(x, 0, 255).astype(np.uint8)
+            x += self._noise(rng) * np.float32(d.noise * 10 * u[8])
+        np.clip(x, 0, 255, out=x)
+        return x.astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- datasets

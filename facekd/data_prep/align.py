@@ -303,8 +303,32 @@ class AlignReport:
         return len(self.failures)
 
 
-def _default_start_method() -> str:
-    return "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+def _pool_context(start_method: str | None) -> mp.context.BaseContext:
+    """``forkserver`` by default where available: workers fork from a clean server that has
+    imported this module once (cheap start, and no fork of a process whose torch/OpenMP thread
+    pools are live, which can deadlock); ``spawn`` elsewhere."""
+    method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload([__name__ if __name__ != "__main__" else "facekd.data_prep.align"])
+    return ctx
+
+
+def _run_in_process(options: AlignOptions, jobs: list[AlignJob], run: str, sink: ManifestWriter,
+                    bar: Any) -> None:
+    """The batch in this process, with torch limited to one thread meanwhile (MTCNN with several
+    OpenMP threads on a busy machine was measured 20x slower, not faster)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        aligner = Aligner(options)
+        for job in jobs:
+            sink.write(aligner.process(job, run))
+            bar.update(1)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _chunks(jobs: list[AlignJob], size: int) -> list[list[AlignJob]]:
@@ -312,10 +336,10 @@ def _chunks(jobs: list[AlignJob], size: int) -> list[list[AlignJob]]:
 
 
 def _run_in_pool(options: AlignOptions, jobs: list[AlignJob], run: str, workers: int,
-                 start_method: str, sink: ManifestWriter, bar: Any) -> None:
+                 start_method: str | None, sink: ManifestWriter, bar: Any) -> None:
     chunk = max(1, min(16, len(jobs) // (workers * 4) or 1))
     pending = iter(_chunks(jobs, chunk))
-    ctx = mp.get_context(start_method)
+    ctx = _pool_context(start_method)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(options,)) as pool:
         inflight: dict[Future, int] = {}
@@ -365,12 +389,9 @@ def run_align(options: AlignOptions, *, landmarks_file: str | PathLike[str] | No
     with ManifestWriter(manifest_path, truncate=overwrite) as sink, \
             progress(total=len(jobs), desc="align", unit="img") as bar:
         if workers <= 1 or len(jobs) <= 1:
-            aligner = Aligner(options)
-            for job in jobs:
-                sink.write(aligner.process(job, run))
-                bar.update(1)
+            _run_in_process(options, jobs, run, sink, bar)
         else:
-            _run_in_pool(options, jobs, run, workers, start_method or _default_start_method(), sink, bar)
+            _run_in_pool(options, jobs, run, workers, start_method, sink, bar)
     return _summarise(set(sources), manifest_path, out_root, len(jobs), len(sources) - len(jobs))
 
 
@@ -391,7 +412,8 @@ def _summarise(sources: set[str], manifest_path: Path, out_root: Path, processed
                               "box": recs[0].get("box"), "crops": [r["crop"] for r in recs]})
         else:
             failures.append({"source": source, "status": status, "reason": recs[0].get("reason", "")})
-    counts["not_in_manifest"] = len(sources) - len(latest)
+    if len(latest) < len(sources):
+        counts["not_in_manifest"] = len(sources) - len(latest)
     report = AlignReport(len(sources), processed, skipped, dict(sorted(counts.items())), failures,
                          multi, crops, manifest_path, out_root / "align_summary.json")
     summary = {"total_images": report.total_images, "processed_this_run": processed,
@@ -442,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="worker processes (1 = run in this process)")
     p.add_argument("--start-method", default=None, choices=["fork", "spawn", "forkserver"],
-                   help="multiprocessing start method (default: fork where available, else spawn)")
+                   help="multiprocessing start method (default: forkserver where available, else spawn; "
+                        "fork is fastest to start but unsafe once torch has run in this process)")
     p.add_argument("--manifest", default=None, help="manifest path (default: OUTPUT/manifest.jsonl)")
     p.add_argument("--retry-failed", action="store_true",
                    help="process photos whose last attempt failed again (successes stay skipped)")

@@ -12,7 +12,6 @@ are the ones that count.
 from __future__ import annotations
 
 import json
-import os
 from os import PathLike
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,7 +27,11 @@ STATUS_OK = "ok"
 
 
 class ManifestWriter:
-    """Appends records to a JSONL manifest, flushing after each batch (``truncate`` starts afresh)."""
+    """Appends records to a JSONL manifest, flushing after each batch (``truncate`` starts afresh).
+
+    Flushed lines survive the process being killed; they are not fsynced (a power cut may lose
+    the last few, which the next run then simply redoes).
+    """
 
     def __init__(self, path: str | PathLike[str], *, truncate: bool = False) -> None:
         self.path = Path(path)
@@ -40,7 +43,6 @@ class ManifestWriter:
         for rec in records:
             self._file.write(json.dumps(rec, separators=(",", ":")) + "\n")
         self._file.flush()
-        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         """Close the file (idempotent)."""
