@@ -8,10 +8,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[test]'
+	# MTCNN (facenet-pytorch) pins older torch releases in its metadata; it runs on ours, so skip its deps.
+	$(PY) -m pip install --no-deps 'facenet-pytorch==2.6.0'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -11,7 +11,17 @@ from typing import Sequence
 
 # verb -> (module, one-line description). Keep in the order of the pipeline.
 VERBS: dict[str, tuple[str, str]] = {
+    "align": ("facekd.data_prep.align", "detect, align (5-point ArcFace template) and crop face photos"),
+    "pack": ("facekd.data_prep.pack", "pack an aligned image-folder tree into RecordIO .rec/.idx"),
+    "make-bin": ("facekd.data_prep.make_bin", "build an insightface verification .bin from pairs"),
+    "synthetic": ("facekd.data.synthetic", "draw synthetic identities; export held-out evaluation sets"),
     "summary": ("facekd.models.summary", "parameters, MACs and embedding size of a model"),
+    "train": ("facekd.pipelines.train", "train a face backbone with an ArcFace/CosFace head"),
+    "distill": ("facekd.pipelines.distill", "distil a face teacher into a student with SRD"),
+    "classify": ("facekd.pipelines.classify", "classification teachers, students and SRD (CIFAR, folders)"),
+    "verify": ("facekd.eval.verify", "verification accuracy on .bin sets (LFW, CFP-FP, AgeDB-30)"),
+    "identify": ("facekd.eval.identify", "1:N identification with faiss (CMC, TPIR@FPIR)"),
+    "demo": ("facekd.pipelines.demo", "the whole story on synthetic identities, CPU-sized"),
 }
 
 

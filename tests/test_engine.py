@@ -178,6 +178,23 @@ def test_accumulation_matches_a_bigger_batch(tmp_path: Path) -> None:
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_gradient_clipping_bounds_the_update(tmp_path: Path) -> None:
+    """SGD without momentum: one step moves the parameters by exactly lr * clipped gradient."""
+    def first_step_delta(clip: float) -> float:
+        cfg = _cfg(tmp_path, f"clip{clip}", max_steps=1, lr=1.0, momentum=0.0, weight_decay=0.0,
+                   warmup_steps=0, clip_grad_norm=clip)
+        task = ToyTask(cfg, bn=False)
+        before = {k: v.clone() for k, v in _weights(task).items()}
+        Trainer(cfg, task).fit()
+        after = _weights(task)
+        return float(torch.sqrt(sum((after[k] - before[k]).pow(2).sum() for k in before)))
+
+    free = first_step_delta(0.0)
+    assert free > 0.05
+    assert first_step_delta(0.01) == pytest.approx(0.01, rel=1e-3)
+    assert first_step_delta(10 * free) == pytest.approx(free, rel=1e-5)  # under the limit: untouched
+
+
 def _halves(task: ToyTask):
     def batches(epoch: int, start: int) -> Iterable[Any]:
         for batch in task.train_batches(epoch, start // 2):  # steps start at even micro-batches

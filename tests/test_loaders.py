@@ -1,16 +1,26 @@
-"""Batches and loaders: collation, determinism with and without workers, mixed batches, DDP."""
+"""Batches and loaders: collation, determinism whatever the worker count, exact mid-epoch resume
+without reading skipped samples (single and mixed streams), per-sample augmentation seeds, DDP shares."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset
 
 from facekd.data.batch import Batch, collate_samples
 from facekd.data.datasets import open_dataset
-from facekd.data.loaders import build_loader, build_mixed_loader, derive_seed
+from facekd.data.loaders import (
+    EpochLoader,
+    EpochSampler,
+    build_loader,
+    build_mixed_loader,
+    derive_seed,
+    sample_seed,
+)
 from facekd.data.pools import open_unlabeled
 from facekd.data.transforms import face_train_transform
 
@@ -29,6 +39,8 @@ def _epochs(loader, n: int = 2) -> list[list[Batch]]:
 
 
 def _same(a: list[list[Batch]], b: list[list[Batch]]) -> bool:
+    if [len(e) for e in a] != [len(e) for e in b]:
+        return False
     return all(torch.equal(x.images, y.images) and torch.equal(x.index, y.index) and torch.equal(x.flipped, y.flipped)
                for ea, eb in zip(a, b) for x, y in zip(ea, eb))
 
@@ -105,9 +117,10 @@ def test_unlabeled_stream_cycles_past_its_length() -> None:
 
 
 def test_mixed_loader_with_workers_is_deterministic() -> None:
-    def run() -> list[list[Batch]]:
-        return _epochs(build_mixed_loader(_labeled(), _pool(), batch_size=4, ratio=0.5, workers=2, seed=9))
-    assert _same(run(), run())
+    def run(workers: int) -> list[list[Batch]]:
+        return _epochs(build_mixed_loader(_labeled(), _pool(), batch_size=4, ratio=0.5, workers=workers, seed=9))
+    serial = run(0)
+    assert _same(serial, run(0)) and _same(serial, run(2))  # and the worker count changes nothing
 
 
 def test_empty_unlabeled_stream_is_refused() -> None:
@@ -119,18 +132,183 @@ def test_distributed_sampler_under_process_group(tmp_path: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         loader = build_loader(_labeled(), batch_size=8, workers=0, seed=2)
-        assert loader.distributed and isinstance(loader.sampler, DistributedSampler)
+        assert loader.distributed and isinstance(loader.sampler, EpochSampler)
+        assert (loader.rank, loader.world_size) == (0, 1)
         e0, e1 = _epochs(loader)
         assert loader.sampler.epoch == 1
         assert sorted(torch.cat([b.index for b in e0]).tolist()) == list(range(24))
         assert not torch.equal(torch.cat([b.index for b in e0]), torch.cat([b.index for b in e1]))
     finally:
         dist.destroy_process_group()
-    assert not build_loader(_labeled(), batch_size=8, workers=0).distributed
+    plain = build_loader(_labeled(), batch_size=8, workers=0, seed=2)
+    assert not plain.distributed
+    assert _same([e0, e1], _epochs(plain))  # one rank of one is the plain loader
 
 
 def test_derive_seed_mixes_every_part() -> None:
     seeds = {derive_seed(0, e, r, w) for e in range(3) for r in range(2) for w in range(3)}
     assert len(seeds) == 18
+    assert derive_seed(4, 1, 2) == derive_seed(4, 1, 2) != derive_seed(4, 2, 1)
     with pytest.raises(ValueError):
         derive_seed(-1, 0, 0, 0)
+    per_sample = {sample_seed(0, e, i, s) for e in range(3) for i in range(5) for s in range(2)}
+    assert len(per_sample) == 30
+    with pytest.raises(ValueError):
+        sample_seed(0, 0, -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# worker independence, per-sample seeds, exact resume
+
+class CountingReads(Dataset):
+    """A dataset wrapper that counts its reads (in this process) and forwards ``reseed``."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.reads: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def reseed(self, seed: int) -> None:
+        self.dataset.reseed(seed)
+
+    def __getitem__(self, i: int) -> Any:
+        self.reads.append(int(i))
+        return self.dataset[i]
+
+
+def test_worker_count_changes_nothing() -> None:
+    serial = _epochs(build_loader(_labeled(), batch_size=8, workers=0, seed=5), 2)
+    parallel = build_loader(_labeled(), batch_size=8, workers=2, seed=5)
+    assert _same(serial, _epochs(parallel, 2))
+    parallel.set_epoch(1)
+    parallel.set_start(1)  # a resume on persistent workers that already served other epochs
+    assert _same([serial[1][1:]], [list(parallel)])
+
+
+def test_every_row_is_augmented_from_its_own_sample_seed() -> None:
+    loader = build_loader(_labeled(), batch_size=8, workers=2, seed=7)
+    loader.set_epoch(3)
+    batches = list(loader)
+    reference = _labeled()
+    flips = []
+    for batch in batches:
+        for row, i in enumerate(batch.index.tolist()):
+            reference.reseed(sample_seed(7, 3, i))
+            sample = reference[i]
+            assert torch.equal(sample["image"], batch.images[row]) and sample["flipped"] == bool(batch.flipped[row])
+            flips.append(sample["flipped"])
+    assert 0 < sum(flips) < len(flips)  # the seeds really vary the augmentation
+
+
+@pytest.mark.parametrize("start", [1, 2, 3])
+def test_set_start_replays_the_rest_of_an_epoch(start: int) -> None:
+    full = _epochs(build_loader(_labeled(), batch_size=8, workers=0, seed=4), 3)
+    counted = CountingReads(_labeled())
+    resumed = build_loader(counted, batch_size=8, workers=0, seed=4)  # a fresh process resuming
+    resumed.set_epoch(1)
+    resumed.set_start(start)
+    assert len(resumed) == 3
+    assert _same([full[1][start:]], [list(resumed)])
+    assert len(counted.reads) == 8 * (3 - start)  # the skipped samples were never read
+    assert sorted(counted.reads) == sorted(torch.cat([b.index for b in full[1][start:]] or
+                                                     [torch.zeros(0, dtype=torch.long)]).tolist())
+    assert resumed.epoch == 2
+    assert _same([full[2]], [list(resumed)])  # set_start held for one iteration only
+
+
+def test_set_start_bounds() -> None:
+    loader = build_loader(_labeled(), batch_size=8, workers=0)
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match="start batch"):
+            loader.set_start(bad)
+    with pytest.raises(ValueError, match="epoch"):
+        loader.set_epoch(-1)
+    with pytest.raises(ValueError, match="start batch"):
+        build_mixed_loader(_labeled(), _pool(), batch_size=4, workers=0).set_start(7)
+
+
+def _unlabeled_rows(batches: list[Batch], labeled: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    return [(b.images[labeled:], b.index[labeled:], b.flipped[labeled:]) for b in batches]
+
+
+def test_mixed_loader_pairs_each_step_with_its_global_unlabeled_batch() -> None:
+    # 24 labeled / 2 = 12 steps per epoch; pool of 10 / 2 = 5 unlabeled batches per pool epoch
+    mixed = build_mixed_loader(_labeled(), _pool(5, 2), batch_size=2, ratio=1.0, workers=0, seed=8)
+    run = _epochs(mixed, 2)
+    steps = _unlabeled_rows(run[0] + run[1], 2)
+    assert mixed.unlabeled.epoch == 4  # steps 0..23 used pool epochs 0..4
+    pool_epochs = []
+    for epoch in range(5):  # the unlabeled stream on its own
+        mixed.unlabeled.set_epoch(epoch)
+        pool_epochs.append(list(mixed.unlabeled))
+    for g, (images, index, flipped) in enumerate(steps):
+        alone = pool_epochs[g // 5][g % 5]
+        assert torch.equal(images, alone.images) and torch.equal(index, alone.index)
+        assert torch.equal(flipped, alone.flipped)
+
+
+@pytest.mark.parametrize("start", [2, 3, 7, 12])
+def test_mixed_set_start_resumes_both_streams(start: int) -> None:
+    # epoch 1 = global steps 12..23: pool epoch 2 ends at step 14, epoch 3 spans 15..19, epoch 4 starts at 20
+    full = _epochs(build_mixed_loader(_labeled(), _pool(5, 2), batch_size=2, ratio=1.0, workers=0, seed=8), 3)
+    lab, pool = CountingReads(_labeled()), CountingReads(_pool(5, 2))
+    resumed = build_mixed_loader(lab, pool, batch_size=2, ratio=1.0, workers=0, seed=8)
+    resumed.set_epoch(1)
+    resumed.set_start(start)
+    assert len(resumed) == 12
+    assert _same([full[1][start:]], [list(resumed)])
+    assert len(lab.reads) == len(pool.reads) == 2 * (12 - start)  # nothing skipped was read
+    assert resumed.epoch == 2
+    assert _same([full[2]], [list(resumed)])
+
+
+def test_mixed_loader_with_workers_resumes_exactly() -> None:
+    full = _epochs(build_mixed_loader(_labeled(), _pool(5, 2), batch_size=4, ratio=0.5, workers=0, seed=3), 2)
+    resumed = build_mixed_loader(_labeled(), _pool(5, 2), batch_size=4, ratio=0.5, workers=2, seed=3)
+    resumed.set_epoch(1)
+    resumed.set_start(4)
+    assert _same([full[1][4:]], [list(resumed)])
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_ranks_share_one_global_permutation(drop_last: bool) -> None:
+    n, batch, world = 25, 4, 2
+    samplers = [EpochSampler(n, batch, shuffle=True, seed=6, rank=r, world_size=world, drop_last=drop_last)
+                for r in range(world)]
+    for s in samplers:
+        s.set_epoch(2)
+    order = samplers[0].order(2)
+    assert sorted(order.tolist()) == list(range(n)) and np.array_equal(order, samplers[1].order(2))
+    shares = [list(s) for s in samplers]
+    per_rank = 12 if drop_last else 13
+    assert [len(x) for x in shares] == [per_rank] * world
+    assert [s.batches_per_epoch for s in samplers] == [3 if drop_last else 4] * world
+    interleaved = [shares[i % world][i // world] for i in range(per_rank * world)]
+    if drop_last:  # the ranks partition the permutation (minus its tail)
+        assert interleaved == order[:24].tolist()
+    else:  # padded with the permutation's head, as DistributedSampler does
+        assert interleaved == order.tolist() + order[:1].tolist()
+    samplers[1].set_start(2)
+    assert list(samplers[1]) == shares[1][2 * batch:] and list(samplers[1]) == shares[1]
+    assert samplers[0].order(3).tolist() != order.tolist()
+    plain = EpochSampler(n, batch, shuffle=False, rank=1, world_size=world)
+    assert list(plain) == list(range(1, 24, 2))
+
+
+def test_rank_loaders_see_the_same_augmentation_per_sample() -> None:
+    single = build_loader(_labeled(), batch_size=4, workers=0, seed=2)
+    ranks = [EpochLoader(_labeled(), 4, workers=0, seed=2, rank=r, world_size=2) for r in range(2)]
+    assert all(r.distributed and len(r) == 3 for r in ranks)
+    seen: dict[int, torch.Tensor] = {b_i: b.images[j] for b in single for j, b_i in enumerate(b.index.tolist())}
+    per_rank = [[b for b in r] for r in ranks]
+    for k in range(3):  # global step k: the ranks' batches together are one contiguous chunk of the order
+        rows = torch.cat([per_rank[r][k].index for r in range(2)])
+        assert sorted(rows.tolist()) == sorted(ranks[0].sampler.order(0)[8 * k:8 * k + 8].tolist())
+    for batches in per_rank:
+        for b in batches:
+            for j, i in enumerate(b.index.tolist()):
+                assert torch.equal(b.images[j], seen[i])
+    with pytest.raises(ValueError, match="rank"):
+        EpochLoader(_labeled(), 4, workers=0, rank=2, world_size=2)

@@ -173,3 +173,11 @@ def test_only_flip_transforms_can_be_cached() -> None:
     names = [step["__class_fullname__"] for step in transform_signature(face_train_transform(size=32))]
     assert names == ["Resize", "Normalize", "ToTensorV2"]
     assert transform_signature(None) == transform_signature(face_train_transform())
+
+
+def test_embeddings_beyond_float16_are_refused(tmp_path: Path, dataset) -> None:
+    teacher = make_teacher()
+    with torch.no_grad():  # an untrained-looking teacher: its last BatchNorm multiplies by 1e6
+        teacher.backbone.features.weight.fill_(1e6)
+    with pytest.raises(CacheError, match="float16.*--online-teacher"):
+        TeacherCache.build(tmp_path / "c", teacher, dataset, dataset.transform, batch_size=8)

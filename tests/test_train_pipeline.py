@@ -1,6 +1,7 @@
 """``python -m facekd.pipelines.train`` end to end on tiny synthetic identities: the loss falls,
-outputs load back, a killed run resumes to the uninterrupted weights, a diverging run stops with
-a clear message, and the ONNX export matches torch and loads in insightface."""
+outputs load back, a killed run resumes to the uninterrupted weights (also mid-epoch with another
+loader worker count), a diverging run stops with a clear message, and the ONNX export matches torch
+and loads in insightface."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -66,6 +67,22 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     resumed = load_weights_file(tmp_path / "cut" / "backbone.pth")
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
     assert torch.equal(load_classifier(tmp_path / "full" / "head.pth"), load_classifier(tmp_path / "cut" / "head.pth"))
+
+
+def test_resume_mid_epoch_with_other_worker_count_gives_the_same_weights(tmp_path: Path) -> None:
+    # 6 steps per epoch; killed after step 9, resumed from the step-8 checkpoint at batch 2 of epoch 1
+    # with two loader workers instead of none: batches, augmentation and so weights stay bitwise equal
+    common = ("--max-steps", "10", "--ckpt-every", "4", "--val-pairs", "0", "--warmup-steps", "2", "--seed", "2",
+              "--deterministic", "--set", "data=synthetic:ids=12,per_id=8,size=32,seed=3")
+    assert main(_args(tmp_path / "full", *common)) == 0
+    cfg, _ = parse_training_config(FaceTrainConfig, _args(tmp_path / "cut", *common))
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[_kill_after(9)])
+    assert list_checkpoints(tmp_path / "cut")[-1].name == "step_00000008.pt"
+    assert main(["--resume", str(tmp_path / "cut"), "--workers", "2"]) == 0
+    full = load_weights_file(tmp_path / "full" / "backbone.pth")
+    resumed = load_weights_file(tmp_path / "cut" / "backbone.pth")
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 def test_diverging_run_stops_with_the_step_and_keeps_its_checkpoint(tmp_path: Path,

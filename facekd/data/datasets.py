@@ -201,7 +201,8 @@ class FaceDataset(torch.utils.data.Dataset):
         return image, (-1 if self.unlabeled else int(label))
 
     def reseed(self, seed: int) -> None:
-        """Restart the transform's random stream (called by the loaders per worker and epoch)."""
+        """Restart the transform's random stream (the loaders call this before every sample with
+        that sample's seed, so its augmentation does not depend on worker or order)."""
         reseed = getattr(self.transform, "reseed", None)
         if reseed is not None:
             reseed(seed)

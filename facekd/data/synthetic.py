@@ -56,7 +56,7 @@ import numpy as np
 
 __all__ = [
     "Difficulty", "SyntheticFaces", "SyntheticFaceDataset", "SyntheticSplits", "synthetic_splits",
-    "make_pairs", "write_grid", "render_grid", "main",
+    "make_pairs", "write_grid", "render_grid", "export_eval_sets", "main",
     "NAMESPACE_SIZE", "TRAIN_BASE", "UNLABELED_BASE", "VERIFICATION_BASE", "GALLERY_BASE",
 ]
 
@@ -722,12 +722,54 @@ def write_grid(path: str | PathLike[str], identities: int = 8, samples: int = 8,
     return path
 
 
+def export_eval_sets(out_dir: str | PathLike[str], size: int = 32, seed: int = 0, num_val_ids: int = 150,
+                     num_pairs: int = 3000, num_gallery_ids: int = 100, probes_per_id: int = 2,
+                     **difficulty: float) -> dict[str, Path]:
+    """Write held-out evaluation data of identities never used for training, as a user's real data
+    would look: ``synthetic_val.bin`` (insightface verification .bin, 10 folds of disjoint
+    identities) and ``gallery/`` + ``probes/`` image folders (one sub-folder per identity, PNG;
+    probes of identities without a gallery folder are non-mated) for ``facekd.eval.identify``."""
+    splits = synthetic_splits(num_train_ids=1, images_per_id=1, num_val_ids=num_val_ids, num_pairs=num_pairs,
+                              num_gallery_ids=num_gallery_ids, num_unlabeled_ids=0, size=size, seed=seed,
+                              probes_per_id=probes_per_id, **difficulty)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"bin": splits.save_pairs(out / "synthetic_val.bin"), "gallery": out / "gallery", "probes": out / "probes"}
+    gallery_names = [f"id{identity}" for identity in splits.identities["gallery"]]
+    nonmated = iter(f"id{identity}" for identity in splits.identities["nonmated"])
+    counts: dict[str, int] = {}
+
+    def write(folder: Path, name: str, image: np.ndarray) -> None:
+        target = folder / name
+        target.mkdir(parents=True, exist_ok=True)
+        k = counts.setdefault(f"{folder.name}/{name}", 0)
+        counts[f"{folder.name}/{name}"] = k + 1
+        if not cv2.imwrite(str(target / f"{k}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{target / f'{k}.png'}: OpenCV could not write the PNG")
+
+    for image, label in zip(splits.gallery_images, splits.gallery_labels):
+        write(paths["gallery"], gallery_names[label], image)
+    for image, label in zip(splits.probe_images, splits.probe_labels):
+        write(paths["probes"], gallery_names[label] if label >= 0 else next(nonmated), image)
+    return paths
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: write a PNG grid of synthetic identities."""
+    """Command line: write a PNG grid of synthetic identities and/or held-out evaluation sets."""
     parser = argparse.ArgumentParser(prog="python -m facekd.data.synthetic",
-                                     description="Draw a grid of procedural face identities "
-                                                 "(rows = identities, columns = photos).")
-    parser.add_argument("--grid", required=True, metavar="PATH", help="output PNG path")
+                                     description="Procedural face identities: draw a grid (rows = identities, "
+                                                 "columns = photos) and/or export held-out evaluation data "
+                                                 "(a verification .bin and gallery/probe image folders). "
+                                                 "Training data needs no export: pass --data "
+                                                 "synthetic:ids=N,per_id=K,size=S,seed=Z to the pipelines.")
+    parser.add_argument("--grid", default=None, metavar="PATH", help="write a PNG grid to PATH")
+    parser.add_argument("--export", default=None, metavar="DIR",
+                        help="write DIR/synthetic_val.bin, DIR/gallery/ and DIR/probes/ (held-out identities)")
+    parser.add_argument("--val-ids", type=int, default=150, help="identities of the verification pairs")
+    parser.add_argument("--pairs", type=int, default=3000, help="verification pairs (multiple of 20)")
+    parser.add_argument("--gallery-ids", type=int, default=100,
+                        help="gallery identities (plus half as many non-mated probe identities)")
+    parser.add_argument("--probes-per-id", type=int, default=2, help="probe photos per gallery identity")
     parser.add_argument("--size", type=int, default=112, help="image side in px, 32..112 (default: 112)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
     parser.add_argument("--ids", type=int, default=8, help="number of identities / rows (default: 8)")
@@ -737,8 +779,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help=f"difficulty knob {f.name} (default: {f.default})")
     args = parser.parse_args(argv)
     knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(Difficulty)}
-    out = write_grid(args.grid, args.ids, args.samples, args.size, args.seed, **knobs)
-    print(f"wrote {out}")
+    if not args.grid and not args.export:
+        parser.error("nothing to do: give --grid PATH and/or --export DIR")
+    if args.grid:
+        print(f"wrote {write_grid(args.grid, args.ids, args.samples, args.size, args.seed, **knobs)}")
+    if args.export:
+        try:
+            paths = export_eval_sets(args.export, args.size, args.seed, args.val_ids, args.pairs, args.gallery_ids,
+                                     args.probes_per_id, **knobs)
+        except ValueError as err:
+            parser.error(str(err))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 

@@ -13,11 +13,15 @@ Pipelines (``build_transform(name, **knobs)``):
 * ``cifar``: random crop 32 with 4-px zero padding + flip, normalised with the CIFAR-100
   mean/std of the RepDistiller recipe; ``cifar_eval``: normalisation only.
 
-albumentations keeps its own random state (global seeds do not reach it): the loaders reseed
-each transform per worker and epoch through ``ImageTransform.reseed``.
+albumentations keeps its own random state (global seeds do not reach it). ``ImageTransform``
+gives the whole pipeline one shared pair of generators (``random.Random`` and a numpy Philox
+``Generator``) that ``reseed`` restarts in place in a few microseconds, so the loaders reseed it
+before every sample and a sample's augmentation depends only on its seed (see
+``facekd.data.loaders``).
 """
 from __future__ import annotations
 
+import random
 from typing import Any, Callable
 
 import albumentations as A
@@ -40,6 +44,10 @@ CIFAR_STD = (0.2675, 0.2565, 0.2761)
 _DETERMINISTIC = frozenset({"Normalize", "ToTensorV2", "Resize", "PadIfNeeded", "CenterCrop",
                             "LongestMaxSize", "SmallestMaxSize", "ToFloat", "FromFloat", "NoOp"})
 _FLIP = "HorizontalFlip"
+_SEED_RANGE = 2 ** 128
+_WORD = 2 ** 64 - 1
+_ZEROS4 = np.zeros(4, np.uint64)  # Philox counter and buffer at the start of a stream (the setter copies)
+_ZEROS4.flags.writeable = False
 
 
 class ImageTransform:
@@ -48,6 +56,10 @@ class ImageTransform:
     def __init__(self, compose: A.Compose, name: str = "custom") -> None:
         self.compose = compose
         self.name = name
+        self._generator: np.random.Generator | None = None
+        self._py_random: random.Random | None = None
+        if getattr(compose, "seed", None) is not None:  # a seeded pipeline starts where reseed(seed) would
+            self.reseed(compose.seed)
 
     def __repr__(self) -> str:
         steps = ", ".join(type(t).__name__ for t in _leaves(self.compose))
@@ -63,8 +75,23 @@ class ImageTransform:
         return self.apply(image)[0]
 
     def reseed(self, seed: int) -> None:
-        """Restart the pipeline's random stream from ``seed`` (loaders call this per worker/epoch)."""
-        self.compose.set_random_seed(int(seed) % (2 ** 32))
+        """Restart the pipeline's random stream from ``seed`` (any int, used modulo 2**128).
+
+        Cheap enough to call before every sample (the loaders do): the first call hands every
+        step one shared ``random.Random`` and numpy ``Generator(Philox)``; later calls restart
+        both in place (Philox key = the seed), instead of albumentations' ``set_random_seed``,
+        which builds two new generators per step."""
+        seed = int(seed) % _SEED_RANGE
+        generator, py_random = self._generator, self._py_random
+        if generator is None or py_random is None or self.compose.random_generator is not generator:
+            generator, py_random = np.random.Generator(np.random.Philox(key=0)), random.Random()
+            self.compose.set_random_state(generator, py_random)
+            self._generator, self._py_random = generator, py_random
+        py_random.seed(seed)
+        generator.bit_generator.state = {
+            "bit_generator": "Philox",
+            "state": {"counter": _ZEROS4, "key": np.array([seed & _WORD, seed >> 64], dtype=np.uint64)},
+            "buffer": _ZEROS4, "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
 
 
 TRANSFORMS: dict[str, Callable[..., ImageTransform]] = {}

@@ -58,6 +58,10 @@ FINGERPRINT_SAMPLES = 8
 _FLIP = "HorizontalFlip"
 
 
+FLOAT16_MAX = 65504.0
+"""Largest finite float16: cached embeddings beyond it would turn into inf."""
+
+
 class CacheError(ValueError):
     """A cache that cannot be used; the message names the directory and the problem."""
 
@@ -344,6 +348,12 @@ class TeacherCache:
                 emb = teacher.embed_images(torch.cat([x, x.flip(-1)])).float().cpu().numpy()
                 out[good, 0], out[good, 1] = emb[:len(good)], emb[len(good):]
             corrupt += len(ok) - len(good)
+            peak = float(np.abs(out).max()) if out.size else 0.0
+            if not np.isfinite(peak) or peak > FLOAT16_MAX:
+                raise CacheError(root, f"the teacher's embeddings reach {peak:.3g}, beyond float16's range "
+                                       f"({FLOAT16_MAX:g}): is the teacher trained (BatchNorm statistics included) "
+                                       "and are these its weights? Use --online-teacher to run it in float32 "
+                                       "without a cache")
             array[start:start + len(ok)] = out.astype(np.float16)
             pending.append(chunk)
             if len(pending) >= commit_every:

@@ -385,7 +385,7 @@ class Trainer:
     def _clip(self) -> float:
         """Clip the global gradient norm (sharded rows counted once over all ranks); returns the norm."""
         sharded_ids = {id(p) for p in self.sharded_params}
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         rep = [p.grad for g in self.optimizer.param_groups for p in g["params"]
                if p.grad is not None and id(p) not in sharded_ids]
         shd = [p.grad for p in self.sharded_params if p.grad is not None]
@@ -398,7 +398,7 @@ class Trainer:
         if self.sharded_params:
             fdist.all_reduce_sum(shard_sq)
         total = (sq + shard_sq).sqrt()
-        torch.nn.utils.clip_grads_with_norm_(grads, self.cfg.clip_grad_norm, total)
+        torch.nn.utils.clip_grads_with_norm_(params, self.cfg.clip_grad_norm, total)  # takes parameters, not grads
         return float(total)
 
     def _train_step(self, batches: Iterator[Any]) -> tuple[dict[str, float], int, float | None]:

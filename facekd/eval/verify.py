@@ -95,7 +95,8 @@ def format_table(results: Sequence[SetResult]) -> str:
 
 def write_outputs(results: Sequence[SetResult], out_dir: str | Path,
                   info: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write verification.json, roc.png (all sets, log-FAR) and scores.png (genuine vs impostor)."""
+    """Write verification.json, pair_distances.npz (to compare models' ROCs later), roc.png (all
+    sets, log-FAR) and scores.png (genuine vs impostor)."""
     from facekd.eval.plots import plot_roc, plot_score_distributions
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +105,8 @@ def write_outputs(results: Sequence[SetResult], out_dir: str | Path,
     report["mean_accuracy"] = float(np.mean([r.metrics["accuracy"] for r in results])) if results else None
     json_path = out / "verification.json"
     json_path.write_text(json.dumps(report, indent=2))
+    np.savez(out / "pair_distances.npz", **{f"{r.name}/distances": r.distances for r in results},
+             **{f"{r.name}/issame": r.issame for r in results})
     roc = plot_roc({r.name: roc_points(r.distances, r.issame) for r in results}, out / "roc.png")
     scores = plot_score_distributions({r.name: (1.0 - r.distances / 2.0, r.issame) for r in results},
                                       out / "scores.png")

@@ -20,6 +20,7 @@ MODEL_MODULES = (
     "facekd.models.cifar_resnet",
     "facekd.models.wide_resnet",
     "facekd.models.torchvision_models",
+    "facekd.models.binary_nets",
 )
 
 

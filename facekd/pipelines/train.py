@@ -209,12 +209,13 @@ def run(cfg: FaceTrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from facekd.data.errors import DataFileNotFoundError, DataFormatError
+    from facekd.engine.optim import OptimError
     from facekd.models.heads import HeadError
     from facekd.models.registry import UnknownModelError
-    from facekd.models.weights import WeightsFileError
+    from facekd.models.weights import StateDictMismatchError, WeightsFileError
 
     return (EngineError, CheckpointError, ConfigError, DistributedError, DataFormatError, DataFileNotFoundError,
-            HeadError, UnknownModelError, WeightsFileError)
+            HeadError, UnknownModelError, WeightsFileError, StateDictMismatchError, OptimError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from facekd.distill.outputs import StudentOutput, TeacherOutput
 __all__ = [
     "KINDS", "LOSS_MODULES", "LossError", "UnknownLossError", "InvalidLossOptionError", "DistillLoss",
     "register_loss", "list_losses", "loss_options", "build_loss", "parse_loss_spec", "parse_loss_options",
-    "build_losses", "LossSet", "select_rows",
+    "build_losses", "LossSet", "select_rows", "parse_option_value",
 ]
 
 KINDS = ("face", "classifier")
@@ -156,7 +156,7 @@ def parse_loss_spec(spec: str | Sequence[tuple[str, float]] | Mapping[str, float
     return pairs
 
 
-def _parse_value(text: str) -> Any:
+def parse_option_value(text: str) -> Any:
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
@@ -178,7 +178,7 @@ def parse_loss_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         loss, dot, option = key.strip().partition(".")
         if not eq or not dot or not loss or not option:
             raise LossError(f"loss option '{item}' is not of the form loss.option=value (e.g. srd.mode=kl)")
-        out.setdefault(loss, {})[option] = _parse_value(value)
+        out.setdefault(loss, {})[option] = parse_option_value(value)
     return out
 
 

@@ -1,0 +1,329 @@
+"""``python -m facekd.pipelines.distill``: distil a frozen face teacher into a student with SRD.
+
+The teacher (``--teacher r100 --teacher-weights backbone.pth``, an arcface_torch checkpoint, a
+facekd checkpoint or an insightface ONNX file) is frozen; its classifier is the *critic*. It comes
+from the weights when they carry one, from ``--teacher-head``, or is fitted on the labeled set
+(normalised class means, optionally refined). Each step the student's embedding, mapped by a small
+connector, goes through the critic and these cross-network logits must match the teacher's own
+(``--loss srd``; baselines ``kd``, ``cosine``, ``feat``, ``srrl``, combinable with weights). Labeled
+rows also get the student's own margin loss (``--label-weight``); rows of an unlabeled pool
+(``--unlabeled``, any faces, even of unseen identities) get the distillation terms only.
+
+The teacher's embeddings of every training image and of its flip are computed once and cached on
+disk when augmentation is flips only (``--cache-dir``, default OUT/teacher_cache), so a step costs
+about what a plain student step costs; ``--online-teacher`` runs the teacher in the loop instead.
+Everything else (DDP with torchrun, AMP, checkpoints and ``--resume``, logs, ONNX export) is the
+engine's, exactly as in ``facekd.pipelines.train``.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from facekd.config import ConfigError, field
+from facekd.engine import distributed as fdist
+from facekd.engine.config import TrainConfig, parse_training_config
+from facekd.engine.distributed import DistInfo
+from facekd.engine.task import TrainTask, epoch_batches
+from facekd.engine.trainer import NonFiniteLossError, Trainer, TrainResult, setup_run
+from facekd.log import get_logger
+from facekd.pipelines.train import (ValidationSet, _user_errors, evaluate_verification, init_class_centres,
+                                    load_validation_bins, synthetic_validation)
+
+log = get_logger(__name__)
+
+__all__ = ["DistillConfig", "DistillTask", "sample_critic_centres", "parse_student_options", "run", "main"]
+
+TEACHER_HEAD_FILE = "teacher_head.pth"
+"""The fitted teacher classifier, written beside the run's outputs and reused on --resume."""
+FIT_REPORT_FILE = "teacher_fit.json"
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """Settings of ``python -m facekd.pipelines.distill`` (the common training flags plus these)."""
+
+    out: str = field("runs/distill", help="output directory (config.yaml, metrics.jsonl, checkpoints, "
+                                          "backbone.pth, teacher_head.pth, teacher_cache/)")
+    # teacher
+    teacher: str | None = field(None, help="teacher backbone name (r100, r50, ...; facekd checkpoints and ONNX "
+                                           "files name themselves)")
+    teacher_weights: str | None = field(None, help="teacher weights: arcface_torch backbone.pth or training "
+                                                   "checkpoint, facekd checkpoint, or an insightface .onnx")
+    teacher_head: str | None = field(None, help="teacher classifier file (arcface_torch softmax_fc shard or "
+                                                "checkpoint, facekd head.pth); default: from the weights, "
+                                                "else fitted on the labeled set")
+    teacher_width: float | None = field(None, help="channel-width multiplier of the teacher backbone (default: "
+                                                   "the checkpoint's, else 1.0)")
+    teacher_embedding_size: int | None = field(None, help="embedding size of the teacher backbone (default: the "
+                                                          "checkpoint's, else 512)")
+    teacher_scale: float = field(64.0, help="logit scale s of the critic's s*cos logits")
+    refine_epochs: int = field(0, help="epochs of margin-loss refinement of a fitted teacher classifier "
+                                       "(0 = normalised class means only)")
+    online_teacher: bool = field(False, help="run the teacher in the loop instead of caching its embeddings")
+    cache_dir: str | None = field(None, help="teacher-feature cache directory (default OUT/teacher_cache; share "
+                                             "it between runs with the same teacher and data)")
+    rebuild_cache: bool = field(False, help="rebuild the teacher-feature cache even when a valid one exists")
+    # student
+    student: str = field("mbf", help="student backbone name (mbf, mbf_large, r18, ...)")
+    student_option: list[str] = field(default_factory=list, help="extra student builder options key=value, "
+                                                                 "comma-separated (e.g. stage=1 for binary students)")
+    init_student: str | None = field(None, help="start the student from these weights (e.g. a previous stage's "
+                                                "backbone.pth)")
+    head: str = field("arcface", help="the student's own margin head on labeled rows", choices=("arcface", "cosface"))
+    scale: float = field(64.0, help="logit scale s of the student's margin head")
+    margin: float | None = field(None, help="margin of the student's head (default: 0.5 ArcFace, 0.4 CosFace)")
+    partial_fc: float = field(1.0, help="Partial FC sample rate (student head; also the share of teacher "
+                                        "centres the cross-network logits use); 1.0 = all")
+    label_weight: float = field(1.0, help="weight of the student's margin loss on labeled rows (0 = distillation "
+                                          "terms only, no student head)")
+    # distillation
+    loss: str = field("srd", help="distillation loss(es) with weights, e.g. 'srd' or 'srd:1.0,kd:0.5' "
+                                  "(srd, kd, cosine, feat, srrl)")
+    loss_option: list[str] = field(default_factory=list, help="loss options loss.option=value, comma-separated "
+                                                              "(e.g. srd.mode=kl,srd.T=4)")
+    # data
+    data: str = field("synthetic", help="labeled training data: 'synthetic[:ids=..,per_id=..,size=..,seed=..]', "
+                                        "a RecordIO folder or .rec, or an image folder tree (one folder per identity)")
+    unlabeled: str | None = field(None, help="unlabeled pool (any face images, any identities): an image folder "
+                                             "tree, a .rec (labels ignored) or 'synthetic[:...]'")
+    unlabeled_ratio: float = field(1.0, help="unlabeled rows per labeled row in each batch")
+    on_corrupt: str = field("skip", help="a corrupt training image: 'skip' it or 'fail'", choices=("skip", "fail"))
+    flip: float = field(0.5, help="probability of a horizontal flip augmentation")
+    dropout: float = field(0.0, help="dropout before the student's embedding layer")
+    val_bins: list[str] = field(default_factory=list, help="comma-separated verification .bin files evaluated "
+                                                           "every --eval-every steps and at the end")
+    val_pairs: int = field(600, help="with synthetic data: held-out synthetic verification pairs (multiple of 20; "
+                                     "0 = none)")
+
+
+def parse_student_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["stage=1", "width=0.5"]`` -> ``{"stage": 1, "width": 0.5}`` (ints, floats, booleans parsed)."""
+    from facekd.distill.losses.registry import parse_option_value
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"student option '{item}' is not of the form key=value (e.g. stage=1)")
+        out[key.strip()] = parse_option_value(value)
+    return out
+
+
+def sample_critic_centres(labels: Tensor, num_classes: int, rate: float, generator: torch.Generator) -> Tensor:
+    """Class ids [k] the critic's logits are computed over when Partial FC is on: every positive
+    class of the batch (labels >= 0, those within ``num_classes``) plus random others, k =
+    max(#positives, ceil(rate * C)), sorted. Unlabeled rows compare logits over the same subset."""
+    k = max(1, int(-(-rate * num_classes // 1)))
+    positives = torch.unique(labels[(labels >= 0) & (labels < num_classes)].cpu())
+    if positives.numel() >= k:
+        return positives.sort().values
+    mask = torch.ones(num_classes, dtype=torch.bool)
+    mask[positives] = False
+    others = torch.nonzero(mask).squeeze(1)
+    pick = others[torch.randperm(others.numel(), generator=generator)[:k - positives.numel()]]
+    return torch.cat([positives, pick]).sort().values
+
+
+def _teacher_options(cfg: DistillConfig) -> dict[str, Any]:
+    """Builder options for a torch teacher: the input size plus what the user set explicitly (ONNX
+    files and facekd checkpoints carry their own)."""
+    if cfg.teacher_weights and Path(cfg.teacher_weights).suffix.lower() == ".onnx":
+        return {}
+    options: dict[str, Any] = {"input_size": cfg.input_size}
+    if cfg.teacher_width is not None:
+        options["width"] = cfg.teacher_width
+    if cfg.teacher_embedding_size is not None:
+        options["embedding_size"] = cfg.teacher_embedding_size
+    return options
+
+
+def _needs_own_logits(losses: nn.Module) -> bool:
+    return any(getattr(loss, "student_logits", None) == "own" for loss in losses.losses.values())
+
+
+class DistillTask(TrainTask):
+    """Student (+ its margin head) trained against a frozen teacher through the loss set."""
+
+    def __init__(self, cfg: DistillConfig, info: DistInfo) -> None:
+        from facekd.data.datasets import open_dataset
+        from facekd.data.loaders import build_loader, build_mixed_loader
+        from facekd.data.pools import open_unlabeled
+        from facekd.data.transforms import build_transform
+        from facekd.distill.losses.registry import build_losses, parse_loss_options
+        from facekd.distill.setup import prepare_teacher
+        from facekd.models.heads import PartialFC, build_head
+        from facekd.models.registry import build_backbone
+        from facekd.models.weights import load_backbone
+
+        self.cfg, self.info = cfg, info
+        out = Path(cfg.out)
+        transform = build_transform("face", size=cfg.input_size, flip=cfg.flip, seed=cfg.seed)
+        pool_transform = build_transform("face", size=cfg.input_size, flip=cfg.flip, seed=cfg.seed)
+        self.dataset = open_dataset(cfg.data, transform=transform, on_corrupt=cfg.on_corrupt)
+        self.pool = open_unlabeled(cfg.unlabeled, transform=pool_transform, on_corrupt=cfg.on_corrupt) \
+            if cfg.unlabeled else None
+        if self.pool is not None:
+            self.loader: Any = build_mixed_loader(self.dataset, self.pool, cfg.batch_size, ratio=cfg.unlabeled_ratio,
+                                                  workers=cfg.workers, seed=cfg.seed)
+        else:
+            self.loader = build_loader(self.dataset, cfg.batch_size, shuffle=True, workers=cfg.workers,
+                                       seed=cfg.seed, drop_last=True)
+
+        # teacher: reuse the classifier fitted by the run being resumed
+        head_file = cfg.teacher_head
+        if head_file is None and cfg.resume and (out / TEACHER_HEAD_FILE).is_file():
+            head_file = str(out / TEACHER_HEAD_FILE)
+        teacher_options = _teacher_options(cfg)
+        setup = prepare_teacher(
+            cfg.teacher_weights, cfg.teacher, labeled=self.dataset, transform=transform, unlabeled=self.pool,
+            unlabeled_transform=pool_transform, head=head_file, scale=cfg.teacher_scale, online=cfg.online_teacher,
+            cache_dir=cfg.cache_dir or out / "teacher_cache", rebuild_cache=cfg.rebuild_cache,
+            refine_epochs=cfg.refine_epochs, batch_size=min(256, max(32, cfg.batch_size)), workers=cfg.workers,
+            seed=cfg.seed, is_main=info.is_main, barrier=fdist.barrier, **teacher_options)
+        self.teacher = setup.teacher
+        self.fit_report = setup.fit_report
+        if info.is_main and setup.fit_report:
+            import json
+
+            out.mkdir(parents=True, exist_ok=True)
+            self.teacher.save_classifier(out / TEACHER_HEAD_FILE)
+            (out / FIT_REPORT_FILE).write_text(json.dumps(setup.fit_report, indent=2) + "\n")
+        if self.teacher.input_size not in (None, cfg.input_size):
+            raise ConfigError(f"the teacher takes {self.teacher.input_size}px inputs but --input-size is "
+                              f"{cfg.input_size}; teacher and student see the same images")
+
+        # student
+        self.arch = cfg.student
+        self.arch_options = {"embedding_size": cfg.embedding_size, "input_size": cfg.input_size,
+                             "width": cfg.width, "dropout": cfg.dropout, **parse_student_options(cfg.student_option)}
+        self.backbone = build_backbone(cfg.student, **self.arch_options)
+        if cfg.init_student:
+            start = load_backbone(cfg.student, cfg.init_student, **self.arch_options)
+            self.backbone.load_state_dict(start.state_dict())
+            log.info("student starts from %s", cfg.init_student)
+        self.head: nn.Module | None = None
+        num_classes = int(self.dataset.num_classes)
+        if cfg.label_weight > 0:
+            options: dict[str, Any] = {"s": cfg.scale, "sample_rate": cfg.partial_fc,
+                                       "partial_fc": info.world_size > 1}
+            if cfg.margin is not None:
+                options["margin"] = cfg.margin
+            self.head_name = cfg.head
+            self.head = build_head(cfg.head, cfg.embedding_size, num_classes, **options)
+            init_class_centres(self.head, cfg.seed)
+            if isinstance(self.head, PartialFC):
+                self.sharded = frozenset({"head"})
+                self.global_terms = frozenset({cfg.head})
+        else:
+            self.head_key = None
+        self.losses = build_losses(cfg.loss, "face", student_dim=cfg.embedding_size,
+                                   teacher_dim=self.teacher.feature_dim,
+                                   options=parse_loss_options(cfg.loss_option))
+        self.own_logits = _needs_own_logits(self.losses)
+        if self.own_logits:
+            if self.head is None or info.world_size > 1 or cfg.partial_fc < 1.0:
+                raise ConfigError("kd with the student's own logits needs the student's full head in one process "
+                                  "(--label-weight > 0, --partial-fc 1, no torchrun); or use "
+                                  "--loss-option kd.student_logits=critic")
+            if self.teacher.num_classes != num_classes:
+                raise ConfigError(f"kd with the student's own logits needs the teacher's classifier over the "
+                                  f"student's {num_classes} classes, but it has {self.teacher.num_classes}; use "
+                                  "--loss-option kd.student_logits=critic")
+        self._centre_generator = torch.Generator().manual_seed(cfg.seed + 7919 * info.rank)
+        self.validation: list[ValidationSet] = []
+        if info.is_main:
+            synth = synthetic_validation(cfg.data, cfg.val_pairs)
+            self.validation = ([synth] if synth is not None else []) + load_validation_bins(cfg.val_bins)
+        log.info("distilling %s into %s with %s: %d labeled images of %d identities%s; teacher %s", self.teacher.name,
+                 cfg.student, cfg.loss, len(self.dataset), num_classes,
+                 f", unlabeled pool of {len(self.pool)}" if self.pool is not None else "",
+                 "cached" if setup.cached else "in the loop")
+
+    def modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"backbone": self.backbone, "distill": self.losses, "teacher": self.teacher}
+        if self.head is not None:
+            mods["head"] = self.head
+        return mods
+
+    def batches_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def train_batches(self, epoch: int, start: int) -> Iterable[Any]:
+        return epoch_batches(self.loader, epoch, start)
+
+    def compute_losses(self, batch: Any, modules: Mapping[str, nn.Module]) -> dict[str, Tensor]:
+        from facekd.distill.outputs import StudentOutput
+
+        out = modules["backbone"](batch.images, return_features=True)
+        terms: dict[str, Tensor] = {}
+        if self.head is not None:
+            terms[self.cfg.head] = self.cfg.label_weight * modules["head"](out.embedding, batch.labels)
+        logits = None
+        if self.own_logits:
+            head = modules["head"]
+            logits = head.s * head.cosine(out.embedding)
+        centres = None
+        if self.cfg.partial_fc < 1.0:
+            centres = sample_critic_centres(batch.labels, self.teacher.num_classes, self.cfg.partial_fc,
+                                            self._centre_generator).to(batch.images.device)
+        teacher_out = self.teacher.outputs(batch, centres)
+        terms.update(modules["distill"](StudentOutput.from_model(out, logits), teacher_out, batch))
+        return terms
+
+    def evaluate(self, modules: Mapping[str, nn.Module]) -> dict[str, float]:
+        if not self.validation:
+            return {}
+        return evaluate_verification(modules["backbone"], self.validation, self.info.device)
+
+
+def run(cfg: DistillConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Distil as configured (joining torchrun's job when launched by it) and return what was written."""
+    info = setup_run(cfg)
+    task = DistillTask(cfg, info)
+    return Trainer(cfg, task, info, callbacks=callbacks).fit()
+
+
+def _distill_errors() -> tuple[type[BaseException], ...]:
+    from facekd.distill.cache import CacheError
+    from facekd.distill.connectors import ConnectorError
+    from facekd.distill.losses.registry import LossError
+    from facekd.distill.outputs import DistillInputError
+    from facekd.distill.teacher import TeacherError
+
+    return _user_errors() + (TeacherError, CacheError, LossError, DistillInputError, ConnectorError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: distil a face teacher; exit 1 on a non-finite loss, 2 on a setup error."""
+    cfg, _ = parse_training_config(
+        DistillConfig, argv, prog="python -m facekd.pipelines.distill",
+        description="Distil a frozen face-recognition teacher into a student with SRD (the teacher's classifier "
+                    "as a semantic critic) or a baseline loss, on labeled data plus an optional unlabeled pool. "
+                    "Writes config.yaml, metrics.jsonl, TensorBoard events, checkpoints, backbone.pth (a plain "
+                    "arcface_torch-style state dict of the student), head.pth, teacher_head.pth (a fitted teacher "
+                    "classifier) and, with --export-onnx, model.onnx into --out.")
+    try:
+        result = run(cfg)
+        if fdist.is_main():
+            print(f"done: {result.steps} steps; outputs in {result.out_dir}")
+            for key, value in sorted(result.metrics.items()):
+                print(f"  {key}: {value:.4f}")
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except _distill_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        fdist.shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""``python -m facekd.pipelines.classify`` end to end on a fake CIFAR-100 folder written here: a teacher
+is trained, then distilled with SRD and an open-set unlabeled pool; CE covers labeled rows only; SRD
+equals a hand computation; RepDistiller checkpoints teach; bad setups fail clearly."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facekd.data.batch import Batch
+from facekd.engine.config import parse_training_config
+from facekd.engine.distributed import DistInfo
+from facekd.engine.metrics_log import read_metrics
+from facekd.models.registry import build_backbone
+from facekd.models.weights import load_backbone
+from facekd.pipelines import classify
+from facekd.pipelines.classify import ClassifyConfig, ClassifyTask, evaluate_topk, topk_correct
+
+TINY = ["--batch-size", "8", "--workers", "0", "--no-tensorboard", "--log-every", "1", "--eval-batch-size", "16"]
+CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cifar-100-python folder (protocol-2 pickles) of 4 classes: 24 training and 8 test images,
+    each class a colour, so a few steps already learn something."""
+    root = tmp_path_factory.mktemp("cifar")
+    folder = root / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    classes = [3, 17, 42, 99]
+    colours = np.array([[220, 40, 40], [40, 220, 40], [40, 40, 220], [220, 220, 40]])
+    for split, n in (("train", 24), ("test", 8)):
+        labels = [classes[i % 4] for i in range(n)]
+        images = np.clip(colours[np.arange(n) % 4][:, None, None, :] + rng.normal(0, 30, (n, 32, 32, 3)), 0, 255)
+        rows = images.astype(np.uint8).transpose(0, 3, 1, 2).reshape(n, -1)
+        entry = {"data": rows, "fine_labels": labels, "coarse_labels": [c // 5 for c in labels],
+                 "filenames": [f"{i}.png" for i in range(n)], "batch_label": split}
+        (folder / split).write_bytes(pickle.dumps(entry, protocol=2))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}, protocol=2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An open-set unlabeled pool: a Places365-like tree of 40x40 PNGs of no CIFAR class."""
+    root = tmp_path_factory.mktemp("pool")
+    rng = np.random.default_rng(1)
+    for k in range(10):
+        path = root / ("a" if k % 2 else "b") / f"{k}.png"
+        path.parent.mkdir(exist_ok=True)
+        assert cv2.imwrite(str(path), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def teacher(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("teacher")
+    assert classify.main([*TINY, "--mode", "teacher", "--model", "resnet20", "--data", f"cifar100:{cifar}",
+                          "--epochs", "2", "--lr", "0.02", "--out", str(out)]) == 0
+    return out
+
+
+def test_teacher_run_logs_topk_each_epoch(teacher: Path) -> None:
+    records = read_metrics(teacher)
+    evals = [r for r in records if "eval/test/top1" in r]
+    assert [r["step"] for r in evals] == [3, 6]  # 24 images / batch 8 = 3 steps per epoch
+    assert all(0.0 <= r["eval/test/top1"] <= r["eval/test/top5"] <= 100.0 for r in evals)
+    assert {k for r in records for k in r if k.startswith("loss/")} == {"loss/ce"}
+    results = json.loads((teacher / "results.json").read_text())
+    assert results["reported"] == "last" and results["last"]["top1"] == evals[-1]["eval/test/top1"]
+    assert results["best"]["top1"] == max(r["eval/test/top1"] for r in evals)
+    model = load_backbone("resnet20", teacher / "backbone.pth", num_classes=100)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_srd_distillation_with_open_set_pool(cifar: Path, pool: Path, teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "srd"
+    args = [*TINY, "--mode", "distill", "--model", "resnet8x4", "--teacher", "resnet20",
+            "--teacher-weights", str(teacher / "backbone.pth"), "--data", f"cifar100:{cifar}",
+            "--unlabeled", f"folder:{pool}", "--max-steps", "4", "--out", str(out)]
+    assert classify.main(args) == 0
+    records = read_metrics(out)
+    terms = {k for r in records for k in r if k.startswith("loss/")}
+    assert terms == {"loss/ce", "loss/srd/logits", "loss/srd/feat"}
+    assert all(np.isfinite(r[k]) for r in records for k in terms if k in r)
+    results = json.loads((out / "results.json").read_text())
+    teacher_results = json.loads((teacher / "results.json").read_text())
+    assert results["teacher"]["top1"] == pytest.approx(teacher_results["last"]["top1"])
+    model = load_backbone("resnet8x4", out / "backbone.pth", num_classes=100)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 100)
+    assert not any(k.startswith(("distill.", "teacher.")) for k in torch.load(out / "backbone.pth",
+                                                                               weights_only=True))
+
+
+def _task(teacher: Path, cifar: Path, pool: Path | None, *extra: str) -> ClassifyTask:
+    argv = ["--mode", "distill", "--model", "resnet20", "--teacher", "resnet20", "--teacher-weights",
+            str(teacher / "backbone.pth"), "--data", f"cifar100:{cifar}", "--workers", "0", "--batch-size", "4",
+            "--no-eval-teacher", *extra]
+    if pool is not None:
+        argv += ["--unlabeled", f"folder:{pool}"]
+    cfg, _ = parse_training_config(ClassifyConfig, argv)
+    return ClassifyTask(cfg, CPU)
+
+
+def _hand_srd(student_map: torch.Tensor, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d,
+              teacher_fc: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_hat = GAP(ReLU(BN_batchstats(W * F_s))) and z_hat = W_t x_hat + b_t, written out by hand."""
+    y = torch.einsum("nchw,oc->nohw", student_map, conv.weight[:, :, 0, 0])
+    mean = y.mean(dim=(0, 2, 3), keepdim=True)
+    var = y.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    y = (y - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    x_hat = y.clamp_min(0).mean(dim=(2, 3))
+    return x_hat, x_hat @ teacher_fc.weight.t() + teacher_fc.bias
+
+
+def test_ce_on_labeled_rows_only_and_srd_equals_hand_computation(cifar: Path, pool: Path, teacher: Path) -> None:
+    task = _task(teacher, cifar, pool, "--labeled-per-class", "2", "--unlabeled-ratio", "1.0")
+    assert len(task.dataset) == 8 and task.num_classes == 100  # 2 of each of the 4 classes present
+    batch = next(iter(task.loader))
+    assert batch.labeled.tolist() == [True] * 4 + [False] * 4 and (batch.labels[4:] == -1).all()
+    modules = task.modules()
+    modules["backbone"].train()
+    terms = task.compute_losses(batch, modules)
+    assert set(terms) == {"ce", "srd/logits", "srd/feat"}
+
+    out = modules["backbone"](batch.images, return_features=True)
+    assert torch.allclose(terms["ce"], F.cross_entropy(out.logits[:4], batch.labels[:4]), atol=1e-6)
+    connector = modules["distill"].losses["srd"].connector
+    teacher_model = task.teacher.backbone
+    with torch.no_grad():
+        t_out = teacher_model(batch.images, return_features=True)
+    x_hat, z_hat = _hand_srd(out.feature_map, connector.conv, connector.bn, teacher_model.fc)
+    # all 8 rows, the 4 unlabeled ones included, are distilled
+    assert torch.allclose(terms["srd/logits"], ((z_hat - t_out.logits) ** 2).mean(), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(terms["srd/feat"], ((x_hat - t_out.feature_map.mean(dim=(2, 3))) ** 2).mean(),
+                          rtol=1e-4, atol=1e-6)
+    # the labels of the unlabeled rows are never read: changing them changes nothing
+    relabeled = Batch(batch.images, batch.labels.clone(), batch.labeled, batch.index, batch.source, batch.flipped)
+    relabeled.labels[4:] = 7
+    assert torch.allclose(task.compute_losses(relabeled, modules)["ce"], terms["ce"], atol=1e-6)
+    # gradients reach the student and the connector through the frozen (not detached) teacher fc
+    sum(terms.values()).backward()
+    assert teacher_model.fc.weight.grad is None and not teacher_model.fc.weight.requires_grad
+    assert connector.conv.weight.grad is not None and connector.conv.weight.grad.abs().sum() > 0
+    assert modules["backbone"].conv1.weight.grad.abs().sum() > 0
+
+
+def test_repdistiller_checkpoint_teaches(cifar: Path, teacher: Path, tmp_path: Path) -> None:
+    model = build_backbone("resnet20", num_classes=100).eval()
+    state = {"epoch": 240, "best_acc": torch.tensor(71.2), "model": model.state_dict(),
+             "optimizer": torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9).state_dict()}
+    path = tmp_path / "resnet20_best.pth"
+    torch.save(state, path)
+    out = tmp_path / "kd"
+    assert classify.main([*TINY, "--mode", "distill", "--model", "resnet20", "--teacher", "resnet20",
+                          "--teacher-weights", str(path), "--data", f"cifar100:{cifar}", "--loss", "kd:0.9",
+                          "--label-weight", "0.1", "--max-steps", "1", "--out", str(out)]) == 0
+    assert {k for r in read_metrics(out) for k in r if k.startswith("loss/")} == {"loss/ce", "loss/kd/kl"}
+    # the teacher scored in the run is exactly the saved model
+    task = _task(teacher, cifar, None)
+    expected = evaluate_topk(model, task.test_loader, torch.device("cpu"))
+    assert json.loads((out / "results.json").read_text())["teacher"] == pytest.approx(expected)
+
+
+def test_topk_counts() -> None:
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.05, 0.15], [0.2, 0.3, 0.5]])
+    assert topk_correct(logits, torch.tensor([1, 2, 0]), (1, 2, 5)) == {1: 1, 2: 2, 5: 3}
+
+
+def test_setup_errors_are_clear(cifar: Path, teacher: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = ["--out", str(tmp_path / "x"), *TINY, "--max-steps", "1"]
+    assert classify.main(out) == 2
+    assert "--data" in capsys.readouterr().err
+    assert classify.main([*out, "--data", f"cifar100:{tmp_path / 'none'}"]) == 2
+    assert "https://www.cs.toronto.edu/~kriz/cifar.html" in capsys.readouterr().err
+    assert classify.main([*out, "--data", "imagenet:/x"]) == 2
+    assert "unknown classification data" in capsys.readouterr().err
+    assert classify.main([*out, "--data", f"cifar100:{cifar}", "--mode", "distill"]) == 2
+    assert "--teacher-weights" in capsys.readouterr().err
+    assert classify.main([*out, "--data", f"cifar100:{cifar}", "--unlabeled", "digits"]) == 2
+    assert "only apply to --mode distill" in capsys.readouterr().err
+    assert classify.main([*out, "--data", f"cifar100:{cifar}", "--model", "mbf"]) == 2
+    assert "face backbone" in capsys.readouterr().err
+    assert classify.main([*out, "--data", f"cifar100:{cifar}", "--mode", "distill", "--teacher", "resnet56",
+                          "--teacher-weights", str(teacher / "backbone.pth")]) == 2
+    assert "does not fit architecture 'resnet56'" in capsys.readouterr().err
+    assert classify.main([*out, "--data", f"cifar100:{cifar}", "--mode", "distill", "--teacher", "resnet20",
+                          "--teacher-weights", str(teacher / "backbone.pth"), "--loss", "fitnet"]) == 2
+    assert "unknown distillation loss 'fitnet' for classifier students" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset, pair", [("cifar100_teacher", (None, "resnet32x4")),
+                                          ("cifar100_resnet32x4_resnet8x4", ("resnet32x4", "resnet8x4")),
+                                          ("cifar100_wrn_40_2_wrn_40_1", ("wrn_40_2", "wrn_40_1")),
+                                          ("cifar100_wrn_40_2_wrn_16_2", ("wrn_40_2", "wrn_16_2")),
+                                          ("cifar100_openset", ("resnet32x4", "resnet8x4"))])
+def test_presets_hold_the_cifar100_recipe(preset: str, pair: tuple[str | None, str]) -> None:
+    cfg, _ = parse_training_config(ClassifyConfig, ["--config", preset])
+    assert (cfg.teacher, cfg.model) == pair
+    assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay) == (64, 240, 0.05, 0.9, 5e-4)
+    assert (cfg.schedule, cfg.lr_milestones, cfg.lr_gamma, cfg.input_size) == ("step", [150, 180, 210], 0.1, 32)
+    assert cfg.mode == ("teacher" if pair[0] is None else "distill")
+    if pair[0] is not None:
+        assert (cfg.loss, cfg.label_weight, cfg.unlabeled_ratio) == ("srd", 1.0, 1.0)

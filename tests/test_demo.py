@@ -1,0 +1,51 @@
+"""``python -m facekd.pipelines.demo`` at a minimal size: every stage runs through the public entry
+points, every artefact and the report exist, the numbers are finite, and a rerun reuses the stages."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from facekd.pipelines import demo
+
+MINIMAL = ["--workers", "0", "--train-ids", "20", "--per-id", "4", "--pool-ids", "10", "--pool-per-id", "4",
+           "--val-ids", "20", "--pairs", "100", "--gallery-ids", "10", "--teacher-width", "0.125",
+           "--teacher-embedding", "32", "--teacher-steps", "10", "--student-steps", "3", "--batch-size", "16",
+           "--student-embedding", "16"]
+
+
+def test_demo_end_to_end_then_reuses_finished_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert demo.main([*MINIMAL, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for module in ("facekd.data.synthetic", "facekd.pipelines.train", "facekd.pipelines.distill",
+                   "facekd.eval.verify", "facekd.eval.identify"):
+        assert f"python -m {module} " in printed  # each stage echoes the command that reproduces it
+    assert "| student + SRD + unlabeled pool |" in printed and "The same on real data" in printed
+
+    data = out / "data"
+    assert (data / "synthetic_val.bin").is_file() and (data / "samples.png").is_file()
+    assert len(list((data / "gallery").iterdir())) == 10
+    for key in ("teacher", "student_alone", "student_srd", "student_srd_pool"):
+        run = out / key
+        for name in ("backbone.pth", "model.onnx", "metrics.jsonl", "verification/verification.json",
+                     "identification/identification.json"):
+            assert (run / name).is_file(), f"{key}/{name}"
+    assert (out / "student_srd_pool" / "teacher_head.pth").is_file()
+    report = (out / "report.md").read_text()
+    assert "![ROC](roc.png)" in report and (out / "roc.png").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"teacher", "student_alone", "student_srd", "student_srd_pool"}
+    for values in results.values():
+        for metric in ("accuracy", "rank1", "params_m", "mmacs"):
+            assert math.isfinite(values[metric]) and values[metric] >= 0.0, metric
+        assert 0.0 <= values["accuracy"] <= 1.0
+    assert results["teacher"]["mmacs"] > results["student_alone"]["mmacs"]
+
+    # a second run finds every stage done and only rebuilds the report
+    stamp = (out / "teacher" / "backbone.pth").stat().st_mtime_ns
+    assert demo.main([*MINIMAL, "--out", str(out)]) == 0
+    assert (out / "teacher" / "backbone.pth").stat().st_mtime_ns == stamp
+    assert "==> teacher" not in capsys.readouterr().out

@@ -1,0 +1,121 @@
+"""``python -m facekd.pipelines.distill`` end to end on tiny synthetic identities: a teacher trained
+here is distilled into a student with SRD, with and without an unlabeled pool; outputs load; the
+teacher classifier is fitted and reused on resume; the cache is built once; bad setups fail clearly."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from facekd.engine.metrics_log import read_metrics
+from facekd.models.weights import load_backbone, load_classifier, load_weights_file
+from facekd.pipelines import distill as distill_pipeline
+from facekd.pipelines import train as train_pipeline
+from facekd.pipelines.distill import sample_critic_centres
+
+DATA = "synthetic:ids=10,per_id=6,size=32"
+POOL = "synthetic:ids=6,per_id=4,size=32"
+STILL = ("--lr", "1e-30", "--weight-decay", "0", "--momentum", "0")
+COMMON = ["--input-size", "32", "--batch-size", "12", "--workers", "0", "--no-tensorboard", "--val-pairs", "100",
+          "--log-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny teacher trained for a few steps (a plain backbone.pth, no classifier inside)."""
+    out = tmp_path_factory.mktemp("teacher")
+    assert train_pipeline.main([*COMMON, "--backbone", "r18", "--width", "0.125", "--embedding-size", "32",
+                                "--scale", "16", "--max-steps", "12", "--set", f"data={DATA}",
+                                "--out", str(out)]) == 0
+    return out / "backbone.pth"
+
+
+def _student_args(teacher: Path, out: Path, *extra: str) -> list[str]:
+    return [*COMMON, "--teacher", "r18", "--teacher-weights", str(teacher), "--teacher-width", "0.125",
+            "--teacher-embedding-size", "32", "--teacher-scale", "16", "--student", "mbf", "--width", "0.125",
+            "--embedding-size", "16", "--scale", "16", "--set", f"data={DATA}", "--out", str(out), *extra]
+
+
+def test_srd_with_unlabeled_pool_writes_outputs_and_resumes(teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "srd"
+    args = _student_args(teacher, out, "--unlabeled", POOL, "--max-steps", "6", "--ckpt-every", "3",
+                         "--export-onnx")
+    assert distill_pipeline.main(args) == 0
+    for name in ("backbone.pth", "head.pth", "teacher_head.pth", "teacher_fit.json", "model.onnx",
+                 "config.yaml", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    manifests = sorted(p.parent.name for p in (out / "teacher_cache").rglob("manifest.json"))
+    assert len(manifests) == 2  # labeled set and unlabeled pool
+    records = read_metrics(out)
+    terms = {k for r in records for k in r if k.startswith("loss/")}
+    assert {"loss/arcface", "loss/srd/logits", "loss/srd/feat"} <= terms
+    assert all(torch.isfinite(torch.tensor(r[k])) for r in records for k in terms if k in r)
+    assert any(k.startswith("eval/synthetic/accuracy") for r in records for k in r)
+    # the student's backbone.pth is a plain state dict that loads strictly into the named model
+    state = load_weights_file(out / "backbone.pth")
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    model = load_backbone("mbf", out / "backbone.pth", width=0.125, embedding_size=16, input_size=32)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+    fit = json.loads((out / "teacher_fit.json").read_text())
+    assert fit["num_classes"] == 10 and 0.0 <= fit["top1"] <= 1.0
+    assert load_classifier(out / "teacher_head.pth").shape == (10, 32)
+
+    # extend the run: the fitted classifier and the caches are reused, training continues at step 6
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "teacher_cache").rglob("*.f16")}
+    assert distill_pipeline.main(["--resume", str(out), "--max-steps", "8"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "teacher_cache").rglob("*.f16")} == stamp
+    steps = [r["step"] for r in read_metrics(out) if "loss/srd/logits" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 8
+
+
+def test_kd_and_cosine_pure_distillation(teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "kd"
+    assert distill_pipeline.main(_student_args(teacher, out, "--loss", "kd:1.0,cosine:0.5", "--max-steps", "3",
+                                               "--val-pairs", "0")) == 0
+    terms = {k for r in read_metrics(out) for k in r if k.startswith("loss/")}
+    assert terms == {"loss/kd/kl", "loss/cosine/cos", "loss/arcface"}
+    # no labels used at all: no student head, the critic's own logits for kd
+    out2 = tmp_path / "pure"
+    assert distill_pipeline.main(_student_args(teacher, out2, "--label-weight", "0", "--loss", "srd",
+                                               "--loss-option", "srd.mode=kl", "--online-teacher",
+                                               "--max-steps", "3", "--val-pairs", "0")) == 0
+    assert not (out2 / "head.pth").exists() and not (out2 / "teacher_cache").exists()
+    terms = {k for r in read_metrics(out2) for k in r if k.startswith("loss/")}
+    assert "loss/arcface" not in terms and "loss/srd/logits" in terms
+
+
+def test_init_student_and_student_options(teacher: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert distill_pipeline.main(_student_args(teacher, first, "--max-steps", "2", "--val-pairs", "0",
+                                               *STILL)) == 0
+    second = tmp_path / "second"
+    assert distill_pipeline.main(_student_args(teacher, second, "--max-steps", "1", "--val-pairs", "0", *STILL,
+                                               "--init-student", str(first / "backbone.pth"),
+                                               "--cache-dir", str(first / "teacher_cache"),
+                                               "--teacher-head", str(first / "teacher_head.pth"))) == 0
+    a, b = load_weights_file(first / "backbone.pth"), load_weights_file(second / "backbone.pth")
+    # (almost) no update: only BatchNorm running statistics move, the weights are the initial ones
+    assert all(torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-20) for k in a if "running" not in k and "num_batches" not in k)
+    assert not (second / "teacher_head.pth").exists()  # the classifier was given, not fitted
+
+
+def test_setup_errors_are_clear(teacher: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert distill_pipeline.main([*COMMON, "--teacher", "r100", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--teacher-weights" in err and "backbone.pth" in err and "onnx" in err.lower()
+    assert distill_pipeline.main(_student_args(teacher, tmp_path / "y", "--loss", "nope", "--max-steps", "1")) == 2
+    assert "unknown distillation loss 'nope'" in capsys.readouterr().err
+    assert distill_pipeline.main(_student_args(teacher, tmp_path / "z", "--teacher-width", "0.25",
+                                               "--max-steps", "1")) == 2
+    assert str(teacher) in capsys.readouterr().err
+
+
+def test_sample_critic_centres_keeps_positives() -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([3, 3, 7, -1, 42])
+    centres = sample_critic_centres(labels, 20, 0.25, g)
+    assert centres.tolist() == sorted(set(centres.tolist())) and len(centres) == 5
+    assert {3, 7} <= set(centres.tolist()) and 42 not in centres.tolist()
+    assert sample_critic_centres(torch.arange(8), 20, 0.1, g).tolist() == list(range(8))
