@@ -42,8 +42,12 @@ def machine() -> str:
 
 def command_line() -> str:
     """The command that is running, as a user would type it."""
+    script = Path(sys.argv[0])
     mod = sys.modules["__main__"].__spec__
-    head = f"python -m {mod.name}" if mod is not None else f"python {sys.argv[0]}"
+    if script.parent.name == "bench" and script.stem.startswith("bench_"):  # run by bench.run_all
+        head = f"python -m bench.{script.stem}"
+    else:
+        head = f"python -m {mod.name}" if mod is not None else f"python {sys.argv[0]}"
     return " ".join([head] + [shlex.quote(a) for a in sys.argv[1:]])
 
 

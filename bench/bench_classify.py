@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--labeled-per-class", type=int, default=10, help="labeled training images per class")
     parser.add_argument("--pool-size", type=int, default=800, help="images of the open-set pool")
     parser.add_argument("--crop-padding", type=int, default=2, help="padding of the random crop (4 at 32 px)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core machine more "
+                        "threads oversubscribe the cores and run many times slower)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
     if args.quick:

@@ -22,12 +22,13 @@ from facekd.pipelines.demo import DemoConfig, ModelRun, stage_data, stage_evalua
     stage_student_distilled, stage_teacher
 
 FAR = 1e-3
-METHODS = (  # (key, title, loss or None for the student alone, unlabeled pool)
-    ("alone", "student alone (ArcFace)", None, False),
-    ("kd", "student + kd (Hinton, T=4)", "kd", False),
-    ("cosine", "student + cosine", "cosine", False),
-    ("srd", "student + srd", "srd", False),
-    ("srd_pool", "student + srd + unlabeled pool", "srd", True),
+METHODS = (  # (key, title, loss or None for the student alone, loss options, unlabeled pool)
+    ("alone", "student alone (ArcFace)", None, (), False),
+    ("kd", "student + kd (Hinton, T=4)", "kd", (), False),
+    ("cosine", "student + cosine", "cosine", (), False),
+    ("srd_kl", "student + srd, KL logits (T=4)", "srd", ("srd.mode=kl",), False),
+    ("srd", "student + srd, MSE logits (default)", "srd", (), False),
+    ("srd_pool", "student + srd + unlabeled pool", "srd", (), True),
 )
 
 
@@ -62,14 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = stage_data(cfg, out)
         teacher = stage_teacher(cfg, out)
         stage_evaluate(teacher, data, FAR)
-        results: dict[str, list[ModelRun]] = {key: [] for key, *_ in METHODS}
+        results: dict[str, list[ModelRun]] = {m[0]: [] for m in METHODS}
         for seed in range(args.seeds):
-            for key, _title, loss, pool in METHODS:
+            for key, _title, loss, options, pool in METHODS:
                 name = f"{key}_seed{seed}"
                 if loss is None:
                     run = stage_student_alone(cfg, out, key=name, seed=seed)
                 else:
-                    run = stage_student_distilled(cfg, out, teacher, pool, loss=loss, key=name, seed=seed)
+                    run = stage_student_distilled(cfg, out, teacher, pool, loss=loss, key=name, seed=seed,
+                                                  loss_options=options)
                 stage_evaluate(run, data, FAR)
                 results[key].append(run)
                 print(f"{name}: accuracy {run.metrics['accuracy']:.4f}, TAR@FAR=1e-3 {run.metrics['tar_at_far']:.4f}, "
@@ -80,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gap = teacher.metrics["accuracy"] - alone
     rows = [["teacher " + f"{cfg.teacher} x{cfg.teacher_width}", f"{teacher.metrics['accuracy']:.4f}",
              f"{teacher.metrics['tar_at_far']:.4f}", f"{teacher.metrics['rank1']:.4f}", "1 (seed 0)", ""]]
-    for key, title, _loss, _pool in METHODS:
+    for key, title, *_ in METHODS:
         runs = results[key]
         acc = [r.metrics["accuracy"] for r in runs]
         closed = (statistics.mean(acc) - alone) / gap if gap > 0 and key != "alone" else None

@@ -1,28 +1,54 @@
-"""Run every benchmark in bench/ in turn (``make bench``); pass --quick for a short pass."""
+"""Run every benchmark in bench/ in turn (``make bench``) and rewrite docs/benchmarks.md.
+
+Each ``bench/bench_*.py`` also runs alone (``python -m bench.bench_NAME [--quick]``). Scripts whose
+full run does not fit the CPU hour are listed in ``GPU_ONLY`` and skipped unless ``--all`` is
+given (their tables in docs/benchmarks.md come from the GPU run named there). ``--quick`` passes
+``--quick`` to every script (a smoke pass: its figures replace the full ones, so do not commit them).
+"""
 from __future__ import annotations
 
+import argparse
 import importlib
 import pkgutil
 import sys
+import time
 from pathlib import Path
+
+GPU_ONLY = {
+    "bench_binary": "python -m bench.bench_binary --jobs 3   (3 seeds x 5 students; about 7 min on one H200)",
+}
+"""Benchmarks whose full run needs a GPU, with the command that produced their table."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the selected benchmarks; return 1 if any failed."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="pass --quick to every script")
+    parser.add_argument("--all", action="store_true", help="also run the GPU-sized benchmarks")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these (e.g. bench_train bench_synthetic)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     here = Path(__file__).resolve().parent
-    names = sorted(m.name for m in pkgutil.iter_modules([str(here)])
-                   if m.name.startswith("bench_"))
-    failed = []
+    names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
+    if args.only:
+        names = [n for n in names if n in args.only]
+    extra = ["--quick"] if args.quick else []
+    failed, times = [], {}
     for name in names:
+        if name in GPU_ONLY and not args.all and not args.only:
+            print(f"\n=== bench.{name}: skipped (GPU-sized; its table came from: {GPU_ONLY[name]}) ===", flush=True)
+            continue
         print(f"\n=== bench.{name} ===", flush=True)
         module = importlib.import_module(f"bench.{name}")
         saved = sys.argv
-        sys.argv = [f"bench/{name}.py", *argv]
+        sys.argv = [f"bench/{name}.py", *extra]
+        t0 = time.perf_counter()
         try:
-            if module.main(argv):
+            if module.main(extra):
                 failed.append(name)
         finally:
             sys.argv = saved
+            times[name] = time.perf_counter() - t0
+    print("\n" + "\n".join(f"{n}: {t / 60:.1f} min" for n, t in times.items()))
     if failed:
         print("failed:", ", ".join(failed))
     return 1 if failed else 0

@@ -12,6 +12,8 @@ _EXPORTS: dict[str, str] = {
     "FaceTrainTask": "facekd.pipelines.train",
     "DistillConfig": "facekd.pipelines.distill",
     "DistillTask": "facekd.pipelines.distill",
+    "ClassifyConfig": "facekd.pipelines.classify",
+    "ClassifyTask": "facekd.pipelines.classify",
     "DemoConfig": "facekd.pipelines.demo",
 }
 __all__ = sorted(_EXPORTS)

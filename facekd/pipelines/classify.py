@@ -37,7 +37,7 @@ from facekd.engine.distributed import DistInfo
 from facekd.engine.task import TrainTask, epoch_batches
 from facekd.engine.trainer import NonFiniteLossError, Trainer, TrainResult, setup_run
 from facekd.log import get_logger
-from facekd.pipelines.distill import _distill_errors, parse_student_options
+from facekd.pipelines.distill import distill_errors, parse_student_options
 
 log = get_logger(__name__)
 
@@ -97,6 +97,8 @@ class ClassifyConfig(TrainConfig):
     eval_batch_size: int = field(256, help="images per batch when evaluating")
     # the CIFAR-100 recipe as defaults
     input_size: int = field(32, help="square input side in px (images are resized to it)")
+    width: float = field(1.0, help="unused: classification models have no width multiplier (leave at 1.0)")
+    embedding_size: int = field(512, help="unused by classification models")
     batch_size: int = field(64, help="labeled images per step per process")
     epochs: int = field(240, help="training epochs (ignored when --max-steps is set)")
     lr: float = field(0.05, help="learning rate (0.01 for MobileNetV2/ShuffleNet students in the recipe)")
@@ -157,6 +159,9 @@ def _check(cfg: ClassifyConfig) -> None:
                  if value]
         if stray:
             raise ConfigError(f"{' and '.join(stray)} only apply to --mode distill (this run is --mode {cfg.mode})")
+    if cfg.width != 1.0:
+        raise ConfigError(f"--width {cfg.width}: classification models have no width multiplier; pick a wider or "
+                          "narrower architecture instead (e.g. resnet8x4 vs resnet20)")
     if cfg.labeled_per_class < 0 or cfg.unlabeled_ratio <= 0 or cfg.eval_epochs < 0 or cfg.crop_padding < 0:
         raise ConfigError("--labeled-per-class, --eval-epochs and --crop-padding must be >= 0 and "
                           "--unlabeled-ratio > 0")
@@ -323,7 +328,7 @@ def run(cfg: ClassifyConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 def _classify_errors() -> tuple[type[BaseException], ...]:
     from facekd.data.classification import DataSpecError
 
-    return _distill_errors() + (DataSpecError,)
+    return distill_errors() + (DataSpecError,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

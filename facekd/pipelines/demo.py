@@ -55,14 +55,14 @@ class DemoConfig:
     gallery_ids: int = field(100, help="held-out gallery identities for identification")
     # teacher
     teacher: str = field("r18", help="teacher backbone")
-    teacher_width: float = field(0.5, help="teacher channel-width multiplier")
+    teacher_width: float = field(0.25, help="teacher channel-width multiplier")
     teacher_embedding: int = field(128, help="teacher embedding size")
-    teacher_steps: int = field(900, help="teacher training steps")
+    teacher_steps: int = field(500, help="teacher training steps")
     # student
     student: str = field("mbf", help="student backbone")
     student_width: float = field(0.125, help="student channel-width multiplier")
     student_embedding: int = field(64, help="student embedding size")
-    student_steps: int = field(600, help="training steps of each student run (alone, SRD, SRD + pool)")
+    student_steps: int = field(400, help="training steps of each student run (alone, SRD, SRD + pool)")
     # optimisation shared by every run
     batch_size: int = field(128, help="labeled images per step")
     lr: float = field(0.1, help="peak learning rate (SGD, cosine decay)")
@@ -163,7 +163,8 @@ def stage_student_alone(cfg: DemoConfig, out: Path, key: str = "student_alone", 
 
 
 def stage_student_distilled(cfg: DemoConfig, out: Path, teacher: ModelRun, unlabeled: bool, *,
-                            loss: str | None = None, key: str | None = None, seed: int | None = None) -> ModelRun:
+                            loss: str | None = None, key: str | None = None, seed: int | None = None,
+                            loss_options: Sequence[str] = ()) -> ModelRun:
     """The student distilled from the teacher (facekd.pipelines.distill), optionally with the pool."""
     from facekd.pipelines import distill
 
@@ -176,7 +177,8 @@ def stage_student_distilled(cfg: DemoConfig, out: Path, teacher: ModelRun, unlab
                 "--teacher-width", str(cfg.teacher_width), "--teacher-embedding-size", str(cfg.teacher_embedding),
                 "--teacher-scale", str(cfg.scale), "--student", cfg.student, "--width", str(cfg.student_width),
                 "--embedding-size", str(cfg.student_embedding), "--max-steps", str(cfg.student_steps),
-                "--loss", loss, "--data", _data_spec(cfg), "--cache-dir", str(out / "teacher_cache"),
+                "--loss", loss, *([f"--loss-option={','.join(loss_options)}"] if loss_options else []),
+                "--data", _data_spec(cfg), "--cache-dir", str(out / "teacher_cache"),
                 *(["--unlabeled", _pool_spec(cfg)] if unlabeled else []), *_train_common(cfg, seed),
                 "--out", str(run_dir)]
         what = f"{name} + unlabeled open-set pool" if unlabeled else name

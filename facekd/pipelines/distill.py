@@ -37,7 +37,8 @@ from facekd.pipelines.train import (ValidationSet, _user_errors, evaluate_verifi
 
 log = get_logger(__name__)
 
-__all__ = ["DistillConfig", "DistillTask", "sample_critic_centres", "parse_student_options", "run", "main"]
+__all__ = ["DistillConfig", "DistillTask", "sample_critic_centres", "parse_student_options", "distill_errors", "run",
+           "main"]
 
 TEACHER_HEAD_FILE = "teacher_head.pth"
 """The fitted teacher classifier, written beside the run's outputs and reused on --resume."""
@@ -289,7 +290,7 @@ def run(cfg: DistillConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     return Trainer(cfg, task, info, callbacks=callbacks).fit()
 
 
-def _distill_errors() -> tuple[type[BaseException], ...]:
+def distill_errors() -> tuple[type[BaseException], ...]:
     from facekd.distill.cache import CacheError
     from facekd.distill.connectors import ConnectorError
     from facekd.distill.losses.registry import LossError
@@ -317,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except _distill_errors() as err:
+    except distill_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
