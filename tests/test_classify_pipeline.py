@@ -209,3 +209,19 @@ def test_presets_hold_the_cifar100_recipe(preset: str, pair: tuple[str | None, s
     assert cfg.mode == ("teacher" if pair[0] is None else "distill")
     if pair[0] is not None:
         assert (cfg.loss, cfg.label_weight, cfg.unlabeled_ratio) == ("srd", 1.0, 1.0)
+
+
+def test_binary_classifier_two_stages_with_init_model(cifar: Path, teacher: Path, tmp_path: Path) -> None:
+    """Stage 1 (binary activations) then stage 2 (binary weights too) started from stage 1's weights."""
+    from facekd.models.weights import load_weights_file
+
+    common = [*TINY, "--mode", "distill", "--model", "resnet20_bin", "--teacher-weights", str(teacher / "backbone.pth"),
+              "--teacher", "resnet20", "--data", f"cifar100:{cifar}", "--loss", "srd", "--max-steps", "2",
+              "--eval-epochs", "0", "--no-eval-teacher"]
+    one, two = tmp_path / "stage1", tmp_path / "stage2"
+    assert classify.main([*common, "--model-option", "stage=1", "--out", str(one)]) == 0
+    assert classify.main([*common, "--model-option", "stage=2", "--init-model", str(one / "backbone.pth"),
+                          "--lr", "1e-30", "--weight-decay", "0", "--momentum", "0", "--out", str(two)]) == 0
+    a, b = load_weights_file(one / "backbone.pth"), load_weights_file(two / "backbone.pth")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-20) for k in a if "running" not in k and "num_batches" not in k)

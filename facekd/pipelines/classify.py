@@ -65,6 +65,8 @@ class ClassifyConfig(TrainConfig):
     model_option: list[str] = field(default_factory=list, help="extra builder options of --model key=value, "
                                                                "comma-separated (e.g. dropout=0.3 for WRNs)")
     # teacher
+    init_model: str | None = field(None, help="start --model from these weights (e.g. the stage-1 backbone.pth "
+                                              "of a binary student trained with --model-option stage=1)")
     teacher: str | None = field(None, help="teacher architecture (distill mode; facekd checkpoints name themselves)")
     teacher_weights: str | None = field(None, help="teacher weights: facekd backbone.pth or checkpoint, or a "
                                                    "RepDistiller checkpoint ({'model': state_dict, ...})")
@@ -210,6 +212,11 @@ class ClassifyTask(TrainTask):
         self.arch_options = {"num_classes": self.num_classes, "input_size": cfg.input_size,
                              **parse_student_options(cfg.model_option)}
         self.backbone = build_backbone(cfg.model, **self.arch_options)
+        if cfg.init_model:
+            from facekd.models.weights import load_backbone
+
+            self.backbone.load_state_dict(load_backbone(cfg.model, cfg.init_model, **self.arch_options).state_dict())
+            log.info("%s starts from %s", cfg.model, cfg.init_model)
         self.teacher: nn.Module | None = None
         self.losses: nn.Module | None = None
         self.teacher_metrics: dict[str, float] = {}
