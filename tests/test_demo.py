@@ -49,3 +49,13 @@ def test_demo_end_to_end_then_reuses_finished_stages(tmp_path: Path, capsys: pyt
     assert demo.main([*MINIMAL, "--out", str(out)]) == 0
     assert (out / "teacher" / "backbone.pth").stat().st_mtime_ns == stamp
     assert "==> teacher" not in capsys.readouterr().out
+
+
+def test_demo_refuses_to_mix_settings_with_an_earlier_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo_config.yaml").write_text("student_steps: 999\n")
+    assert demo.main([*MINIMAL, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "student_steps" in err and "--fresh" in err
+    assert not (out / "data").exists()  # nothing was run

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from facekd.config import field, parse_config, save_yaml
+from facekd.config import ConfigError, field, load_yaml, parse_config, save_yaml, to_dict
 from facekd.log import get_logger
 
 log = get_logger(__name__)
@@ -301,8 +301,16 @@ def run(cfg: DemoConfig) -> list[ModelRun]:
     out = Path(cfg.out)
     if cfg.fresh and out.exists():
         shutil.rmtree(out)
+    saved = out / "demo_config.yaml"
+    if saved.is_file():
+        before = {k: v for k, v in load_yaml(saved).items() if k not in ("fresh", "workers")}
+        now = {k: v for k, v in to_dict(cfg).items() if k not in ("fresh", "workers")}
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if changed:
+            raise ConfigError(f"{out} holds a demo run with other settings ({', '.join(changed)}); its finished "
+                              "stages would not match: add --fresh to redo them, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "demo_config.yaml")
+    save_yaml(cfg, saved)
     t0 = time.perf_counter()
     data = stage_data(cfg, out)
     teacher = stage_teacher(cfg, out)
@@ -326,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       "are reused; --fresh redoes them.")
     try:
         run(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to continue from the last finished stage", file=sys.stderr)
         return 130
