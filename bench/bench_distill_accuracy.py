@@ -102,6 +102,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(method - alone) / (teacher - alone) in mean accuracy. Wall time {minutes:.0f} min.\n\n"
         + table(["model", "verification acc", "TAR@FAR=1e-3", "rank-1", "seeds", "gap closed"], rows)
     )
+    means = {key: statistics.mean(r.metrics["accuracy"] for r in runs) for key, runs in results.items()}
+    stds = {key: statistics.stdev(r.metrics["accuracy"] for r in runs) if len(runs) > 1 else 0.0
+            for key, runs in results.items()}
+    best_baseline = max(("kd", "cosine"), key=means.__getitem__)
+    margin = means["srd"] - means[best_baseline]
+    noise = max(stds["srd"], stds[best_baseline])
+    verdict = "yes" if margin > noise else ("no, within one std" if margin > -noise else "no")
+    closed_srd = (means["srd"] - alone) / gap if gap > 0 else float("nan")
+    body += (
+        f"\n\nGoals of issue 6, read off this table: srd beats every baseline: **{verdict}** (srd {means['srd']:.4f} "
+        f"vs best baseline {best_baseline} {means[best_baseline]:.4f}, difference {margin:+.4f}); srd closes at least "
+        f"half of the teacher-student gap: **{'yes' if closed_srd >= 0.5 else 'no'}** ({closed_srd:.0%}); the "
+        f"unlabeled pool adds on top of srd: **{'yes' if means['srd_pool'] - means['srd'] > stds['srd'] else 'no'}** "
+        f"({means['srd_pool'] - means['srd']:+.4f}). MSE vs KL on the critic logits: {means['srd']:.4f} vs "
+        f"{means['srd_kl']:.4f}. The pool run sees the same labeled images but twice the images per step (one "
+        "unlabeled row per labeled row), so it also costs about twice the compute.")
     write_section("distill_accuracy", "Distillation accuracy on synthetic identities (3 seeds)", body)
     return 0
 

@@ -264,8 +264,8 @@ def write_report(cfg: DemoConfig, out: Path, data: Path, runs: Sequence[ModelRun
     alone, teacher = runs[1].metrics["accuracy"], runs[0].metrics["accuracy"]
     lines = [
         "# facekd demo report", "",
-        f"Synthetic identities at {cfg.input_size} px: a {cfg.teacher} x{cfg.teacher_width} teacher, and a "
-        f"{cfg.student} x{cfg.student_width} student trained alone, distilled with {cfg.loss.upper()}, and distilled "
+        f"Synthetic identities at {cfg.input_size} px: the teacher ({cfg.teacher} x{cfg.teacher_width}), and the "
+        f"student ({cfg.student} x{cfg.student_width}) trained alone, distilled with {cfg.loss.upper()}, and distilled "
         f"with {cfg.loss.upper()} plus an unlabeled pool of {cfg.pool_ids} other identities. Each student run has the "
         f"same {cfg.student_steps} steps of {cfg.batch_size} labeled images ({cfg.train_ids} identities x "
         f"{cfg.per_id}). Evaluation uses identities none of the models saw: {cfg.pairs} verification pairs of "
