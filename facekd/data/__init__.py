@@ -5,10 +5,9 @@ The names below are imported lazily from their submodules on first use.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from facekd._lazy import lazy_exports
 
-_EXPORTS: dict[str, str] = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "DataFormatError": "facekd.data.errors",
     "DataFileNotFoundError": "facekd.data.errors",
     "decode_image": "facekd.data.image_codec",
@@ -69,19 +68,4 @@ _EXPORTS: dict[str, str] = {
     "cifar_train_transform": "facekd.data.transforms",
     "cifar_eval_transform": "facekd.data.transforms",
     "only_flips": "facekd.data.transforms",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """Import the defining submodule on first use (keeps ``import facekd.data`` light)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+})

@@ -5,10 +5,9 @@ The names below are imported lazily from their submodules on first use.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from facekd._lazy import lazy_exports
 
-_EXPORTS: dict[str, str] = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "Teacher": "facekd.distill.teacher",
     "load_teacher": "facekd.distill.teacher",
     "TeacherError": "facekd.distill.teacher",
@@ -36,19 +35,4 @@ _EXPORTS: dict[str, str] = {
     "loss_options": "facekd.distill.losses.registry",
     "LossSet": "facekd.distill.losses.registry",
     "LossError": "facekd.distill.losses.registry",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """Import the defining submodule on first use (keeps ``import facekd.distill`` light)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+})

@@ -5,10 +5,9 @@ The names below are imported lazily from their submodules on first use.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from facekd._lazy import lazy_exports
 
-_EXPORTS: dict[str, str] = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "TrainConfig": "facekd.engine.config",
     "parse_training_config": "facekd.engine.config",
     "TrainTask": "facekd.engine.task",
@@ -31,19 +30,4 @@ _EXPORTS: dict[str, str] = {
     "build_scheduler": "facekd.engine.optim",
     "register_optimizer": "facekd.engine.optim",
     "register_schedule": "facekd.engine.optim",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """Import the defining submodule on first use (keeps ``import facekd.engine`` light)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+})

@@ -4,10 +4,9 @@ The names below are imported lazily from their submodules on first use.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from facekd._lazy import lazy_exports
 
-_EXPORTS: dict[str, str] = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "build_backbone": "facekd.models.registry",
     "list_backbones": "facekd.models.registry",
     "backbone_kind": "facekd.models.registry",
@@ -55,19 +54,4 @@ _EXPORTS: dict[str, str] = {
     "hard_sign": "facekd.models.binary_layers",
     "BinaryMobileFaceNet": "facekd.models.binary_nets",
     "BinaryCifarResNet": "facekd.models.binary_nets",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """Import the defining submodule on first use (keeps ``import facekd.models`` light)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+})

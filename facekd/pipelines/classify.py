@@ -21,7 +21,6 @@ AMP, checkpoints and ``--resume``, logs, ONNX export) is the engine's.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -35,9 +34,10 @@ from facekd.engine import distributed as fdist
 from facekd.engine.config import TrainConfig, parse_training_config
 from facekd.engine.distributed import DistInfo
 from facekd.engine.task import TrainTask, epoch_batches
-from facekd.engine.trainer import NonFiniteLossError, Trainer, TrainResult, setup_run
+from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
 from facekd.pipelines.distill import distill_errors, parse_student_options
+from facekd.pipelines.launch import run_command
 
 log = get_logger(__name__)
 
@@ -349,22 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "cifar100_wrn_40_2_wrn_16_2, cifar100_openset. Writes config.yaml, metrics.jsonl (top-1/top-5 "
                     "each epoch), TensorBoard events, checkpoints, backbone.pth, results.json (last and best "
                     "epoch; the literature reports the last) and, with --export-onnx, model.onnx into --out.")
-    try:
-        result = run(cfg)
-        if fdist.is_main():
-            print(f"done: {result.steps} steps; outputs in {result.out_dir}")
-            for key, value in sorted(result.metrics.items()):
-                print(f"  {key}: {value:.4f}")
-            print("  (report eval/test/top1, the last epoch, as the literature does; best/ is for reference)")
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except _classify_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        fdist.shutdown_distributed()
-    return 0
+    return run_command(run, cfg, _classify_errors(), footer='  (report eval/test/top1, the last epoch, as the literature does; best/ is for reference)')
 
 
 if __name__ == "__main__":

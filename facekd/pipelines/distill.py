@@ -17,7 +17,6 @@ engine's, exactly as in ``facekd.pipelines.train``.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -30,9 +29,10 @@ from facekd.engine import distributed as fdist
 from facekd.engine.config import TrainConfig, parse_training_config
 from facekd.engine.distributed import DistInfo
 from facekd.engine.task import TrainTask, epoch_batches
-from facekd.engine.trainer import NonFiniteLossError, Trainer, TrainResult, setup_run
+from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
-from facekd.pipelines.train import (ValidationSet, _user_errors, evaluate_verification, init_class_centres,
+from facekd.pipelines.launch import run_command, setup_errors
+from facekd.pipelines.train import (ValidationSet, evaluate_verification, init_class_centres,
                                     load_validation_bins, synthetic_validation)
 
 log = get_logger(__name__)
@@ -297,7 +297,7 @@ def distill_errors() -> tuple[type[BaseException], ...]:
     from facekd.distill.outputs import DistillInputError
     from facekd.distill.teacher import TeacherError
 
-    return _user_errors() + (TeacherError, CacheError, LossError, DistillInputError, ConnectorError)
+    return setup_errors() + (TeacherError, CacheError, LossError, DistillInputError, ConnectorError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,21 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "Writes config.yaml, metrics.jsonl, TensorBoard events, checkpoints, backbone.pth (a plain "
                     "arcface_torch-style state dict of the student), head.pth, teacher_head.pth (a fitted teacher "
                     "classifier) and, with --export-onnx, model.onnx into --out.")
-    try:
-        result = run(cfg)
-        if fdist.is_main():
-            print(f"done: {result.steps} steps; outputs in {result.out_dir}")
-            for key, value in sorted(result.metrics.items()):
-                print(f"  {key}: {value:.4f}")
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except distill_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        fdist.shutdown_distributed()
-    return 0
+    return run_command(run, cfg, distill_errors())
 
 
 if __name__ == "__main__":

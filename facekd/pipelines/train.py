@@ -11,7 +11,6 @@ synthetic data, ``--val-pairs`` held-out synthetic pairs of identities never see
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -20,14 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from facekd.config import ConfigError, field
-from facekd.engine import distributed as fdist
-from facekd.engine.checkpoint import CheckpointError
+from facekd.config import field
 from facekd.engine.config import TrainConfig, parse_training_config
-from facekd.engine.distributed import DistInfo, DistributedError
+from facekd.engine.distributed import DistInfo
 from facekd.engine.task import TrainTask, epoch_batches
-from facekd.engine.trainer import EngineError, NonFiniteLossError, Trainer, TrainResult, setup_run
+from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
+from facekd.pipelines.launch import run_command, setup_errors
 
 log = get_logger(__name__)
 
@@ -207,17 +205,6 @@ def run(cfg: FaceTrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     return Trainer(cfg, task, info, callbacks=callbacks).fit()
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from facekd.data.errors import DataFileNotFoundError, DataFormatError
-    from facekd.engine.optim import OptimError
-    from facekd.models.heads import HeadError
-    from facekd.models.registry import UnknownModelError
-    from facekd.models.weights import StateDictMismatchError, WeightsFileError
-
-    return (EngineError, CheckpointError, ConfigError, DistributedError, DataFormatError, DataFileNotFoundError,
-            HeadError, UnknownModelError, WeightsFileError, StateDictMismatchError, OptimError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: train a face backbone; exit 1 on a non-finite loss, 2 on a setup error."""
     cfg, _ = parse_training_config(
@@ -225,21 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Train a face recognition backbone with an ArcFace/CosFace margin head (teachers and "
                     "vanilla students). Writes config.yaml, metrics.jsonl, TensorBoard events, checkpoints, "
                     "backbone.pth, head.pth and, with --export-onnx, model.onnx into --out.")
-    try:
-        result = run(cfg)
-        if fdist.is_main():
-            print(f"done: {result.steps} steps; outputs in {result.out_dir}")
-            for key, value in sorted(result.metrics.items()):
-                print(f"  {key}: {value:.4f}")
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except _user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        fdist.shutdown_distributed()
-    return 0
+    return run_command(run, cfg, setup_errors())
 
 
 if __name__ == "__main__":
