@@ -61,13 +61,20 @@ class TrainTask:
         """All parts by name (must include ``backbone_key``). Override."""
         raise NotImplementedError
 
+    loader: Any = None
+    """An epoch-aware loader (``facekd.data.loaders``); when set, the two methods below use it."""
+
     def batches_per_epoch(self) -> int:
-        """Number of batches ``train_batches`` yields for a full epoch on this rank. Override."""
-        raise NotImplementedError
+        """Number of batches ``train_batches`` yields for a full epoch on this rank (``len(loader)``)."""
+        if self.loader is None:
+            raise NotImplementedError("set self.loader or override batches_per_epoch")
+        return len(self.loader)
 
     def train_batches(self, epoch: int, start: int) -> Iterable[Any]:
-        """The batches of ``epoch`` from index ``start`` on, without reading the skipped ones. Override."""
-        raise NotImplementedError
+        """The batches of ``epoch`` from index ``start`` on, without reading the skipped ones."""
+        if self.loader is None:
+            raise NotImplementedError("set self.loader or override train_batches")
+        return epoch_batches(self.loader, epoch, start)
 
     def compute_losses(self, batch: Any, modules: Mapping[str, nn.Module]) -> dict[str, Tensor]:
         """Named, already weighted scalar loss terms for one batch (already on the device). Override."""

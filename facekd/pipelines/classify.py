@@ -33,7 +33,7 @@ from facekd.config import ConfigError, field
 from facekd.engine import distributed as fdist
 from facekd.engine.config import TrainConfig, parse_training_config
 from facekd.engine.distributed import DistInfo
-from facekd.engine.task import TrainTask, epoch_batches
+from facekd.engine.task import TrainTask
 from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
 from facekd.pipelines.distill import distill_errors, parse_student_options
@@ -254,12 +254,6 @@ class ClassifyTask(TrainTask):
         if self.teacher is not None and self.losses is not None:
             mods.update(distill=self.losses, teacher=self.teacher)
         return mods
-
-    def batches_per_epoch(self) -> int:
-        return len(self.loader)
-
-    def train_batches(self, epoch: int, start: int) -> Iterable[Any]:
-        return epoch_batches(self.loader, epoch, start)
 
     def compute_losses(self, batch: Any, modules: Mapping[str, nn.Module]) -> dict[str, Tensor]:
         """``ce`` (labeled rows only, times --label-weight) plus every distillation term."""

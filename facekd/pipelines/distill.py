@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,7 @@ from facekd.config import ConfigError, field
 from facekd.engine import distributed as fdist
 from facekd.engine.config import TrainConfig, parse_training_config
 from facekd.engine.distributed import DistInfo
-from facekd.engine.task import TrainTask, epoch_batches
+from facekd.engine.task import TrainTask
 from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
 from facekd.pipelines.launch import run_command, setup_errors
@@ -251,12 +251,6 @@ class DistillTask(TrainTask):
         if self.head is not None:
             mods["head"] = self.head
         return mods
-
-    def batches_per_epoch(self) -> int:
-        return len(self.loader)
-
-    def train_batches(self, epoch: int, start: int) -> Iterable[Any]:
-        return epoch_batches(self.loader, epoch, start)
 
     def compute_losses(self, batch: Any, modules: Mapping[str, nn.Module]) -> dict[str, Tensor]:
         from facekd.distill.outputs import StudentOutput

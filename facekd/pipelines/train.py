@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from facekd.config import field
 from facekd.engine.config import TrainConfig, parse_training_config
 from facekd.engine.distributed import DistInfo
-from facekd.engine.task import TrainTask, epoch_batches
+from facekd.engine.task import TrainTask
 from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
 from facekd.pipelines.launch import run_command, setup_errors
@@ -178,12 +178,6 @@ class FaceTrainTask(TrainTask):
 
     def modules(self) -> dict[str, nn.Module]:
         return {"backbone": self.backbone, "head": self.head}
-
-    def batches_per_epoch(self) -> int:
-        return len(self.loader)
-
-    def train_batches(self, epoch: int, start: int) -> Iterable[Any]:
-        return epoch_batches(self.loader, epoch, start)
 
     def compute_losses(self, batch: Any, modules: Mapping[str, nn.Module]) -> dict[str, Tensor]:
         embeddings = modules["backbone"](batch.images)
