@@ -151,3 +151,24 @@ def test_help_and_presets(capsys: pytest.CaptureFixture[str]) -> None:
         assert to_dict(cfg)["head"] == "arcface"
     r100, _ = parse_training_config(FaceTrainConfig, ["--config", "arcface_r100", "--lr", "0.2"])
     assert (r100.backbone, r100.lr, r100.clip_grad_norm, r100.weight_decay) == ("r100", 0.2, 5.0, 5e-4)
+
+
+def test_corrupt_images_are_skipped_and_reported_per_epoch(tmp_path: Path) -> None:
+    """An image folder with one corrupt file trains; the epoch's report counts the skipped sample."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "faces"
+    for identity in range(4):
+        folder = root / f"id{identity}"
+        folder.mkdir(parents=True)
+        for k in range(4):
+            assert cv2.imwrite(str(folder / f"{k}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    (root / "id2" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    out = tmp_path / "run"
+    args = [*TINY[:-2], "--batch-size", "17", "--data", str(root), "--max-steps", "2", "--val-pairs", "0",
+            "--out", str(out)]
+    assert main(args) == 0
+    reports = [r for r in read_metrics(out) if "data/skipped" in r]
+    assert [(r["epoch"], r["data/skipped"]) for r in reports] == [(0, 1), (1, 1)]
+    assert main([*args[:-2], "--on-corrupt", "fail", "--out", str(tmp_path / "strict")]) == 2

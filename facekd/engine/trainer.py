@@ -194,6 +194,7 @@ class Trainer:
             gamma=cfg.lr_gamma))
 
         self.step = 0
+        self.skipped = 0  # corrupt samples the data loader replaced since the last epoch report
         self.last_checkpoint: Path | None = None
         self.last_eval: dict[str, float] = {}
         if cfg.resume:
@@ -409,6 +410,7 @@ class Trainer:
         images = 0
         for micro in range(cfg.accum_steps):
             batch = to_device(next(batches), self.device, self.memory_format)
+            self.skipped += int(getattr(batch, "num_skipped", 0) or 0)
             images += self.task.batch_size_of(batch)
             with self._no_sync(micro == cfg.accum_steps - 1):
                 with self._autocast():
@@ -497,6 +499,8 @@ class Trainer:
                     self._log_window(window, window_steps, window_images / elapsed, norm)
                     bar.set_postfix(loss=f"{total:.4f}", img_s=f"{window_images / elapsed:.0f}")
                     window, window_steps, window_images, window_start = {}, 0, 0, time.perf_counter()
+                if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                    self._report_skipped(epoch)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
                     self._evaluate()
                 if self.step % cfg.ckpt_every == 0 or self.step == self.total_steps:
@@ -513,6 +517,17 @@ class Trainer:
         finally:
             bar.close()
             self.metrics.close()
+
+    def _report_skipped(self, epoch: int) -> None:
+        """Say how many corrupt samples were skipped this epoch (all ranks together), if any."""
+        count = torch.tensor(float(self.skipped), dtype=torch.float64, device=self.device)
+        fdist.all_reduce_sum(count)
+        self.skipped = 0
+        n = int(count.item())
+        if n and self.info.is_main:
+            log.warning("epoch %d: %d corrupt training sample(s) skipped, each replaced by the next readable one "
+                        "(--on-corrupt fail stops at the first instead)", epoch, n)
+            self.metrics.write({"step": self.step, "epoch": epoch, "data/skipped": n})
 
     def _log_window(self, window: Mapping[str, float], steps: int, images_per_s: float, norm: float | None) -> None:
         names = sorted(window)

@@ -236,7 +236,7 @@ def _roc_plot(runs: Sequence[ModelRun], path: Path) -> Path:
 
     curves = {}
     for r in runs:
-        saved = np.load(r.out / "verification" / "pair_distances.npz")
+        saved = np.load(r.out / "verification" / "pair_distances.npz", allow_pickle=False)
         curves[r.title] = roc_points(saved["synthetic_val/distances"], saved["synthetic_val/issame"])
     return plot_roc(curves, path, title="Held-out synthetic identities: verification ROC")
 
