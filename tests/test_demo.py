@@ -50,6 +50,12 @@ def test_demo_end_to_end_then_reuses_finished_stages(tmp_path: Path, capsys: pyt
     assert (out / "teacher" / "backbone.pth").stat().st_mtime_ns == stamp
     assert "==> teacher" not in capsys.readouterr().out
 
+    # a stage interrupted after a checkpoint continues from it
+    (out / "student_srd" / "backbone.pth").unlink()
+    assert demo.main([*MINIMAL, "--out", str(out)]) == 0
+    assert "continuing the interrupted run" in capsys.readouterr().out
+    assert (out / "student_srd" / "backbone.pth").is_file()
+
 
 def test_demo_refuses_to_mix_settings_with_an_earlier_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"

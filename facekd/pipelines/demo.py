@@ -98,13 +98,23 @@ def _done(path: Path) -> bool:
     return path.is_file()
 
 
+def _train(title: str, entry: Callable[[Sequence[str]], int], argv: list[str], module: str, run_dir: Path) -> None:
+    """A training stage; one interrupted before (it left a checkpoint) continues with --resume."""
+    from facekd.engine.checkpoint import latest_checkpoint
+
+    if latest_checkpoint(run_dir) is not None:
+        _call(f"{title} (continuing the interrupted run)", entry, ["--resume", str(run_dir)], module)
+    else:
+        _call(title, entry, argv, module)
+
+
 def _train_common(cfg: DemoConfig, seed: int | None = None) -> list[str]:
     seed = cfg.seed if seed is None else seed
     return ["--input-size", str(cfg.input_size), "--batch-size", str(cfg.batch_size), "--workers", str(cfg.workers),
             "--lr", str(cfg.lr), "--schedule", "cosine", "--warmup-steps", str(max(1, cfg.student_steps // 20)),
             "--scale", str(cfg.scale), "--margin", str(cfg.margin), "--seed", str(seed), "--amp", "off",
-            "--clip-grad-norm", "5", "--log-every", "50", "--ckpt-every", "1000000", "--val-pairs", "0",
-            "--no-tensorboard", *(["--export-onnx"] if cfg.export_onnx else [])]
+            "--clip-grad-norm", "5", "--log-every", "50", "--ckpt-every", "100", "--keep-ckpts", "1",
+            "--val-pairs", "0", "--no-tensorboard", *(["--export-onnx"] if cfg.export_onnx else [])]
 
 
 def _data_spec(cfg: DemoConfig) -> str:
@@ -139,8 +149,8 @@ def stage_teacher(cfg: DemoConfig, out: Path) -> ModelRun:
         argv = ["--backbone", cfg.teacher, "--width", str(cfg.teacher_width), "--embedding-size",
                 str(cfg.teacher_embedding), "--max-steps", str(cfg.teacher_steps), "--data", _data_spec(cfg),
                 *_train_common(cfg), "--out", str(run_dir)]
-        _call(f"teacher: {cfg.teacher} x{cfg.teacher_width} trained with ArcFace", train.main, argv,
-              "facekd.pipelines.train")
+        _train(f"teacher: {cfg.teacher} x{cfg.teacher_width} trained with ArcFace", train.main, argv,
+               "facekd.pipelines.train", run_dir)
     return ModelRun("teacher", f"teacher {cfg.teacher} x{cfg.teacher_width}", run_dir, cfg.teacher, options, {})
 
 
@@ -157,8 +167,8 @@ def stage_student_alone(cfg: DemoConfig, out: Path, key: str = "student_alone", 
         argv = ["--backbone", cfg.student, "--width", str(cfg.student_width), "--embedding-size",
                 str(cfg.student_embedding), "--max-steps", str(cfg.student_steps), "--data", _data_spec(cfg),
                 *_train_common(cfg, seed), "--out", str(run_dir)]
-        _call(f"student alone: {cfg.student} x{cfg.student_width} trained with ArcFace only", train.main, argv,
-              "facekd.pipelines.train")
+        _train(f"student alone: {cfg.student} x{cfg.student_width} trained with ArcFace only", train.main, argv,
+               "facekd.pipelines.train", run_dir)
     return ModelRun(key, "student alone", run_dir, cfg.student, _student_options(cfg), {})
 
 
@@ -182,7 +192,7 @@ def stage_student_distilled(cfg: DemoConfig, out: Path, teacher: ModelRun, unlab
                 *(["--unlabeled", _pool_spec(cfg)] if unlabeled else []), *_train_common(cfg, seed),
                 "--out", str(run_dir)]
         what = f"{name} + unlabeled open-set pool" if unlabeled else name
-        _call(f"student distilled with {what}", distill.main, argv, "facekd.pipelines.distill")
+        _train(f"student distilled with {what}", distill.main, argv, "facekd.pipelines.distill", run_dir)
     title = f"student + {name}" + (" + unlabeled pool" if unlabeled else "")
     return ModelRun(key, title, run_dir, cfg.student, _student_options(cfg), {})
 

@@ -165,7 +165,7 @@ class DistillTask(TrainTask):
         self.cfg, self.info = cfg, info
         out = Path(cfg.out)
         transform = build_transform("face", size=cfg.input_size, flip=cfg.flip, seed=cfg.seed)
-        pool_transform = build_transform("face", size=cfg.input_size, flip=cfg.flip, seed=cfg.seed)
+        pool_transform = transform  # the loaders reseed it per sample: sharing it is safe
         self.dataset = open_dataset(cfg.data, transform=transform, on_corrupt=cfg.on_corrupt)
         self.pool = open_unlabeled(cfg.unlabeled, transform=pool_transform, on_corrupt=cfg.on_corrupt) \
             if cfg.unlabeled else None
