@@ -32,8 +32,7 @@ from facekd.engine.task import TrainTask
 from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
 from facekd.pipelines.launch import run_command, setup_errors
-from facekd.pipelines.train import (ValidationSet, evaluate_verification, init_class_centres,
-                                    load_validation_bins, synthetic_validation)
+from facekd.pipelines.train import FaceVerificationEval, init_class_centres
 
 log = get_logger(__name__)
 
@@ -148,7 +147,7 @@ def _needs_own_logits(losses: nn.Module) -> bool:
     return any(getattr(loss, "student_logits", None) == "own" for loss in losses.losses.values())
 
 
-class DistillTask(TrainTask):
+class DistillTask(FaceVerificationEval, TrainTask):
     """Student (+ its margin head) trained against a frozen teacher through the loss set."""
 
     def __init__(self, cfg: DistillConfig, info: DistInfo) -> None:
@@ -237,10 +236,7 @@ class DistillTask(TrainTask):
                                   f"student's {num_classes} classes, but it has {self.teacher.num_classes}; use "
                                   "--loss-option kd.student_logits=critic")
         self._centre_generator = torch.Generator().manual_seed(cfg.seed + 7919 * info.rank)
-        self.validation: list[ValidationSet] = []
-        if info.is_main:
-            synth = synthetic_validation(cfg.data, cfg.val_pairs)
-            self.validation = ([synth] if synth is not None else []) + load_validation_bins(cfg.val_bins)
+        self.load_validation(cfg.data, cfg.val_pairs, cfg.val_bins, info.is_main)
         log.info("distilling %s into %s with %s: %d labeled images of %d identities%s; teacher %s", self.teacher.name,
                  cfg.student, cfg.loss, len(self.dataset), num_classes,
                  f", unlabeled pool of {len(self.pool)}" if self.pool is not None else "",
@@ -270,11 +266,6 @@ class DistillTask(TrainTask):
         teacher_out = self.teacher.outputs(batch, centres)
         terms.update(modules["distill"](StudentOutput.from_model(out, logits), teacher_out, batch))
         return terms
-
-    def evaluate(self, modules: Mapping[str, nn.Module]) -> dict[str, float]:
-        if not self.validation:
-            return {}
-        return evaluate_verification(modules["backbone"], self.validation, self.info.device)
 
 
 def run(cfg: DistillConfig, callbacks: Sequence[Any] = ()) -> TrainResult:

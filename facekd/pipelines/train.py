@@ -29,8 +29,8 @@ from facekd.pipelines.launch import run_command, setup_errors
 
 log = get_logger(__name__)
 
-__all__ = ["FaceTrainConfig", "ValidationSet", "FaceTrainTask", "init_class_centres", "synthetic_validation",
-           "load_validation_bins", "evaluate_verification", "run", "main"]
+__all__ = ["FaceTrainConfig", "ValidationSet", "FaceVerificationEval", "FaceTrainTask", "init_class_centres",
+           "synthetic_validation", "load_validation_bins", "evaluate_verification", "run", "main"]
 
 HEAD_INIT_STD = 0.01
 """Class centres start as N(0, 0.01), as in arcface_torch."""
@@ -139,7 +139,26 @@ def init_class_centres(head: nn.Module, seed: int, std: float = HEAD_INIT_STD) -
         weight[lo - start:hi - start].copy_(values[lo - block * _INIT_BLOCK:hi - block * _INIT_BLOCK])
 
 
-class FaceTrainTask(TrainTask):
+class FaceVerificationEval:
+    """``evaluate`` for face tasks: held-out synthetic pairs (synthetic data) and ``--val-bins``, on rank 0."""
+
+    validation: list[ValidationSet] = []
+
+    def load_validation(self, data: str, val_pairs: int, val_bins: Sequence[str], is_main: bool) -> None:
+        """Read the verification sets once (rank 0 only: the others never evaluate)."""
+        self.validation = []
+        if is_main:
+            synth = synthetic_validation(data, val_pairs)
+            self.validation = ([synth] if synth is not None else []) + load_validation_bins(val_bins)
+
+    def evaluate(self, modules: Mapping[str, nn.Module]) -> dict[str, float]:
+        if not self.validation:
+            return {}
+        device = self.info.device  # type: ignore[attr-defined]
+        return evaluate_verification(modules["backbone"], self.validation, device)
+
+
+class FaceTrainTask(FaceVerificationEval, TrainTask):
     """Backbone + margin head on a labeled face dataset; validation on verification pairs."""
 
     def __init__(self, cfg: FaceTrainConfig, info: DistInfo) -> None:
@@ -169,10 +188,7 @@ class FaceTrainTask(TrainTask):
         if isinstance(self.head, PartialFC):
             self.sharded = frozenset({"head"})
             self.global_terms = frozenset({cfg.head})
-        self.validation: list[ValidationSet] = []
-        if info.is_main:
-            synth = synthetic_validation(cfg.data, cfg.val_pairs)
-            self.validation = ([synth] if synth is not None else []) + load_validation_bins(cfg.val_bins)
+        self.load_validation(cfg.data, cfg.val_pairs, cfg.val_bins, info.is_main)
         log.info("%s: %d images of %d identities; %s backbone, %s head (%s)", cfg.data, len(self.dataset),
                  num_classes, cfg.backbone, cfg.head, type(self.head).__name__)
 
@@ -182,11 +198,6 @@ class FaceTrainTask(TrainTask):
     def compute_losses(self, batch: Any, modules: Mapping[str, nn.Module]) -> dict[str, Tensor]:
         embeddings = modules["backbone"](batch.images)
         return {self.cfg.head: modules["head"](embeddings, batch.labels)}
-
-    def evaluate(self, modules: Mapping[str, nn.Module]) -> dict[str, float]:
-        if not self.validation:
-            return {}
-        return evaluate_verification(modules["backbone"], self.validation, self.info.device)
 
 
 # ----------------------------------------------------------------------------------------------
