@@ -32,7 +32,7 @@ from facekd.engine.task import TrainTask
 from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
 from facekd.pipelines.launch import run_command, setup_errors
-from facekd.pipelines.train import FaceVerificationEval, init_class_centres
+from facekd.pipelines.train import FaceVerificationEval, attach_margin_head
 
 log = get_logger(__name__)
 
@@ -157,7 +157,6 @@ class DistillTask(FaceVerificationEval, TrainTask):
         from facekd.data.transforms import build_transform
         from facekd.distill.losses.registry import build_losses, parse_loss_options
         from facekd.distill.setup import prepare_teacher
-        from facekd.models.heads import PartialFC, build_head
         from facekd.models.registry import build_backbone
         from facekd.models.weights import load_backbone
 
@@ -210,16 +209,7 @@ class DistillTask(FaceVerificationEval, TrainTask):
         self.head: nn.Module | None = None
         num_classes = int(self.dataset.num_classes)
         if cfg.label_weight > 0:
-            options: dict[str, Any] = {"s": cfg.scale, "sample_rate": cfg.partial_fc,
-                                       "partial_fc": info.world_size > 1}
-            if cfg.margin is not None:
-                options["margin"] = cfg.margin
-            self.head_name = cfg.head
-            self.head = build_head(cfg.head, cfg.embedding_size, num_classes, **options)
-            init_class_centres(self.head, cfg.seed)
-            if isinstance(self.head, PartialFC):
-                self.sharded = frozenset({"head"})
-                self.global_terms = frozenset({cfg.head})
+            self.head = attach_margin_head(self, cfg, num_classes, info)
         else:
             self.head_key = None
         self.losses = build_losses(cfg.loss, "face", student_dim=cfg.embedding_size,

@@ -30,7 +30,7 @@ from facekd.pipelines.launch import run_command, setup_errors
 log = get_logger(__name__)
 
 __all__ = ["FaceTrainConfig", "ValidationSet", "FaceVerificationEval", "FaceTrainTask", "init_class_centres",
-           "synthetic_validation", "load_validation_bins", "evaluate_verification", "run", "main"]
+           "attach_margin_head", "synthetic_validation", "load_validation_bins", "evaluate_verification", "run", "main"]
 
 HEAD_INIT_STD = 0.01
 """Class centres start as N(0, 0.01), as in arcface_torch."""
@@ -139,6 +139,24 @@ def init_class_centres(head: nn.Module, seed: int, std: float = HEAD_INIT_STD) -
         weight[lo - start:hi - start].copy_(values[lo - block * _INIT_BLOCK:hi - block * _INIT_BLOCK])
 
 
+def attach_margin_head(task: TrainTask, cfg: Any, num_classes: int, info: DistInfo) -> nn.Module:
+    """Build the task's ArcFace/CosFace head from ``cfg`` (head, scale, margin, partial_fc, embedding_size,
+    seed), with reproducible centres; under torchrun it is a Partial FC sharded over the ranks, and
+    the task is told so (``sharded``, ``global_terms``)."""
+    from facekd.models.heads import PartialFC, build_head
+
+    options: dict[str, Any] = {"s": cfg.scale, "sample_rate": cfg.partial_fc, "partial_fc": info.world_size > 1}
+    if cfg.margin is not None:
+        options["margin"] = cfg.margin
+    head = build_head(cfg.head, cfg.embedding_size, num_classes, **options)
+    init_class_centres(head, cfg.seed)
+    task.head_name = cfg.head
+    if isinstance(head, PartialFC):
+        task.sharded = frozenset({"head"})
+        task.global_terms = frozenset({cfg.head})
+    return head
+
+
 class FaceVerificationEval:
     """``evaluate`` for face tasks: held-out synthetic pairs (synthetic data) and ``--val-bins``, on rank 0."""
 
@@ -165,7 +183,6 @@ class FaceTrainTask(FaceVerificationEval, TrainTask):
         from facekd.data.datasets import open_dataset
         from facekd.data.loaders import build_loader
         from facekd.data.transforms import build_transform
-        from facekd.models.heads import PartialFC, build_head
         from facekd.models.registry import build_backbone
 
         self.cfg, self.info = cfg, info
@@ -178,16 +195,7 @@ class FaceTrainTask(FaceVerificationEval, TrainTask):
         self.arch_options = {"embedding_size": cfg.embedding_size, "input_size": cfg.input_size,
                              "width": cfg.width, "dropout": cfg.dropout}
         self.backbone = build_backbone(cfg.backbone, **self.arch_options)
-        options: dict[str, Any] = {"s": cfg.scale, "sample_rate": cfg.partial_fc,
-                                   "partial_fc": info.world_size > 1}
-        if cfg.margin is not None:
-            options["margin"] = cfg.margin
-        self.head_name = cfg.head
-        self.head = build_head(cfg.head, cfg.embedding_size, num_classes, **options)
-        init_class_centres(self.head, cfg.seed)
-        if isinstance(self.head, PartialFC):
-            self.sharded = frozenset({"head"})
-            self.global_terms = frozenset({cfg.head})
+        self.head = attach_margin_head(self, cfg, num_classes, info)
         self.load_validation(cfg.data, cfg.val_pairs, cfg.val_bins, info.is_main)
         log.info("%s: %d images of %d identities; %s backbone, %s head (%s)", cfg.data, len(self.dataset),
                  num_classes, cfg.backbone, cfg.head, type(self.head).__name__)
