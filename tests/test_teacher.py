@@ -195,15 +195,59 @@ def test_prepare_teacher_caches_and_fits_or_runs_online(tmp_path: Path) -> None:
     tf = face_train_transform()
     labeled = open_dataset("synthetic:ids=4,per_id=3,size=32", transform=tf)
     pool = open_unlabeled("synthetic:ids=2,per_id=3,size=32", transform=tf)
+    from facekd.distill.cache import Collective
+
     waited = []
+    collective = Collective(0, 1, share=lambda obj: obj, barrier=lambda: waited.append(1))
     setup = prepare_teacher(weights, "r18", labeled=labeled, transform=tf, unlabeled=pool,
-                            cache_dir=tmp_path / "cache", barrier=lambda: waited.append(1), **TINY)
-    assert setup.cached and waited == [1] and setup.teacher.cache is not None
+                            cache_dir=tmp_path / "cache", collective=collective, **TINY)
+    assert setup.cached and waited == [1, 1] and setup.teacher.cache is not None  # one barrier per source
     assert sorted(setup.teacher.cache.caches) == [0, 1]
     assert setup.teacher.num_classes == 4 and setup.fit_report["num_samples"] == 24  # both views
+    assert setup.fit_report["teacher_sha256"] == setup.teacher.fingerprint()
     head = setup.teacher.save_classifier(tmp_path / "teacher_head.pth")
 
     online = prepare_teacher(weights, "r18", labeled=labeled, transform=face_train_transform(color_jitter=0.5),
                              cache_dir=tmp_path / "cache2", head=head, **TINY)
     assert not online.cached and online.teacher.cache is None and online.fit_report == {}
     assert not (tmp_path / "cache2").exists()
+
+
+def test_fitted_classifier_carries_the_teacher_hash_and_refuses_other_weights(tmp_path: Path) -> None:
+    from facekd.data.datasets import open_dataset
+    from facekd.distill.setup import prepare_teacher
+    from facekd.distill.teacher import TeacherMismatchError, classifier_fingerprint
+    from facekd.models.weights import load_classifier
+
+    weights = save_weights_file(tiny_r18().state_dict(), tmp_path / "backbone.pth")
+    labeled = open_dataset("synthetic:ids=3,per_id=2,size=32")
+    setup = prepare_teacher(weights, "r18", labeled=labeled, **TINY)
+    head = setup.teacher.save_classifier(tmp_path / "teacher_head.pth")
+    assert classifier_fingerprint(head) == setup.teacher.fingerprint()
+    assert load_classifier(head).shape == (3, 16)  # still an ordinary classifier file
+    again = prepare_teacher(weights, "r18", labeled=labeled, head=head, check_head=True, **TINY)
+    assert torch.equal(again.teacher.classifier_weight(), setup.teacher.classifier_weight())
+
+    torch.manual_seed(1)
+    other = save_weights_file(tiny_r18().state_dict(), tmp_path / "other.pth")
+    with pytest.raises(TeacherMismatchError, match="teacher_head.pth: this teacher classifier was fitted for"):
+        prepare_teacher(other, "r18", labeled=labeled, head=head, check_head=True, **TINY)
+    prepare_teacher(other, "r18", labeled=labeled, head=head, **TINY)  # an explicit --teacher-head is not checked
+
+
+def test_teacher_is_placed_on_the_run_device_with_training_precision(tmp_path: Path) -> None:
+    from facekd.data.datasets import open_dataset
+    from facekd.distill.setup import prepare_teacher
+
+    weights = save_weights_file(tiny_r18().state_dict(), tmp_path / "backbone.pth")
+    labeled = open_dataset("synthetic:ids=3,per_id=2,size=32")
+    plain = prepare_teacher(weights, "r18", labeled=labeled, device="cpu", **TINY).teacher
+    bf16 = prepare_teacher(weights, "r18", labeled=labeled, device="cpu", amp_dtype=torch.bfloat16,
+                           channels_last=True, **TINY).teacher
+    assert bf16.device.type == "cpu" and bf16.memory_format == torch.channels_last
+    assert bf16.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32)
+    a, b = plain.embed_images(x), bf16.embed_images(x)
+    assert a.dtype == b.dtype == torch.float32
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.1 * float(a.abs().max()))  # bf16 autocast ran
+    assert plain.fingerprint() == bf16.fingerprint()

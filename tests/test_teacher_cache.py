@@ -1,4 +1,6 @@
-"""The teacher-feature cache: build, hit, miss, refusal of stale caches, resume, flipped lookups."""
+"""The teacher-feature cache: build, hit, miss, refusal of stale caches (the dataset fingerprint
+covers every sample: changed, reordered or touched images), resume, flipped lookups, and a build
+shared by two ranks."""
 from __future__ import annotations
 
 import json
@@ -12,9 +14,9 @@ from facekd.data.batch import Batch, collate_samples
 from facekd.data.datasets import open_dataset
 from facekd.data.pools import open_unlabeled
 from facekd.data.transforms import face_train_transform
-from facekd.distill.cache import (FINGERPRINT_SAMPLES, CacheError, CacheMissingError, StaleCacheError, TeacherCache,
-                                  TeacherCacheSet, cache_key, deterministic_transform, open_or_build_cache,
-                                  transform_signature)
+from facekd.data.fingerprint import PROBES
+from facekd.distill.cache import (CacheError, CacheMissingError, StaleCacheError, TeacherCache, TeacherCacheSet,
+                                  cache_key, deterministic_transform, open_or_build_cache, transform_signature)
 from facekd.distill.teacher import Teacher
 from facekd.models.registry import build_backbone
 
@@ -48,6 +50,7 @@ def test_build_then_hit_and_lookup_matches_online_teacher(tmp_path: Path, datase
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["dtype"] == "float16" and manifest["dataset"]["length"] == 15
     assert cache.array.dtype == np.float16 and cache.array.shape == (15, 2, 16)
+    assert manifest["parts"] == [[0, 15]] and cache.nbytes == 15 * 2 * 16 * 2
 
     # a real training batch (random flips) looked up == the online teacher on the same images
     batch = collate_samples([dataset[i] for i in range(len(dataset))])
@@ -84,7 +87,7 @@ def test_miss_and_stale_caches_are_refused(tmp_path: Path, dataset) -> None:
         TeacherCache.build(tmp_path / "c", other, dataset, dataset.transform)
 
     other_data = open_dataset("synthetic:ids=5,per_id=3,size=32,seed=7", transform=dataset.transform)
-    with pytest.raises(StaleCacheError, match="dataset.fingerprint"):
+    with pytest.raises(StaleCacheError, match="dataset.spec.seed"):
         TeacherCache.open(tmp_path / "c", cache_key(teacher, other_data, dataset.transform))
     bigger = face_train_transform(size=28)
     with pytest.raises(StaleCacheError, match="transform"):
@@ -104,6 +107,7 @@ class FailingRows:
 
     def __init__(self, dataset, fail_at: int | None) -> None:
         self.dataset, self.fail_at = dataset, fail_at
+        self.source = dataset.source  # fingerprinted as the dataset it wraps
         self.num_classes = dataset.num_classes
         self.reads = 0
 
@@ -112,7 +116,7 @@ class FailingRows:
 
     def read(self, i: int):
         self.reads += 1
-        if self.fail_at is not None and self.reads > FINGERPRINT_SAMPLES and i >= self.fail_at:
+        if self.fail_at is not None and self.reads > PROBES and i >= self.fail_at:
             raise KeyboardInterrupt("interrupted")
         return self.dataset.read(i)
 
@@ -126,7 +130,7 @@ def test_interrupted_build_resumes_where_it_stopped(tmp_path: Path, dataset) -> 
     assert manifest["complete"] is False
     with pytest.raises(CacheMissingError, match="did not finish"):
         TeacherCache.open(tmp_path / "c", cache_key(teacher, dataset, dataset.transform))
-    done_rows = 2 * int(np.fromfile(tmp_path / "c" / "progress.u8", dtype=np.uint8).sum())
+    done_rows = 2 * int(np.fromfile(tmp_path / "c" / "part-000.done", dtype=np.uint8).sum())
     assert done_rows == 8  # chunks 0..3 made it to disk
 
     teacher.calls = 0
@@ -181,3 +185,127 @@ def test_embeddings_beyond_float16_are_refused(tmp_path: Path, dataset) -> None:
         teacher.backbone.features.weight.fill_(1e6)
     with pytest.raises(CacheError, match="float16.*--online-teacher"):
         TeacherCache.build(tmp_path / "c", teacher, dataset, dataset.transform, batch_size=8)
+
+
+# ----------------------------------------------------------------------------------------------
+# the dataset fingerprint covers every sample
+
+def _faces(n_ids: int = 3, per_id: int = 2) -> list[tuple[np.ndarray, int]]:
+    from facekd.data.synthetic import SyntheticFaceDataset
+
+    synth = SyntheticFaceDataset(n_ids, per_id, size=32, seed=4)
+    return [synth.read(i) for i in range(len(synth))]
+
+
+def _rec(path: Path, samples: list[tuple[np.ndarray, int]]) -> str:
+    from facekd.data.recordio import write_face_record
+
+    write_face_record(path, samples, num_classes=3, fmt=".png", overwrite=True)
+    return str(path)
+
+
+def _stale_message(root: Path, teacher, data) -> str:
+    with pytest.raises(StaleCacheError) as info:
+        TeacherCache.build(root, teacher, data, None, batch_size=4)
+    text = str(info.value)
+    assert str(root) in text and "--rebuild-cache" in text and "\n" not in text
+    return text
+
+
+def test_recordio_with_a_changed_or_reordered_image_is_refused(tmp_path: Path) -> None:
+    teacher = make_teacher()
+    samples = _faces()
+    spec = _rec(tmp_path / "rec", samples)
+    TeacherCache.build(tmp_path / "c", teacher, open_dataset(spec), None, batch_size=4)
+    TeacherCache.build(tmp_path / "c", teacher, open_dataset(spec), None, batch_size=4)  # unchanged: reused
+
+    changed = list(samples)
+    changed[3] = (255 - samples[3][0], samples[3][1])  # another image, same count, same label
+    text = _stale_message(tmp_path / "c", teacher, open_dataset(_rec(tmp_path / "rec", changed)))
+    assert "dataset.index" in text or "dataset.rec_size" in text
+
+    swapped = list(samples)
+    swapped[0], swapped[1] = samples[1], samples[0]  # same identity: labels unchanged, order differs
+    text = _stale_message(tmp_path / "c", teacher, open_dataset(_rec(tmp_path / "rec", swapped)))
+    assert "dataset.index (the RecordIO index" in text
+
+    rebuilt = TeacherCache.build(tmp_path / "c", teacher, open_dataset(spec := _rec(tmp_path / "rec", swapped)),
+                                 None, batch_size=4, rebuild=True)
+    first = teacher.embed_images(torch.stack([open_dataset(spec)[0]["image"]]))  # no transform: unflipped
+    assert torch.allclose(rebuilt.lookup(torch.tensor([0]), torch.tensor([False])), first, atol=1e-2)
+
+
+def test_image_folder_with_a_replaced_file_is_refused(tmp_path: Path) -> None:
+    import os
+
+    from facekd.data.image_codec import encode_image
+
+    teacher = make_teacher()
+    for i, (image, label) in enumerate(_faces()):
+        folder = tmp_path / "faces" / f"id{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(encode_image(image, ".png"))
+    data = open_dataset(tmp_path / "faces")
+    TeacherCache.build(tmp_path / "c", teacher, data, None, batch_size=4)
+    victim = tmp_path / "faces" / "id1" / "3.png"
+    stat = victim.stat()
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # rewritten in place, same size
+    text = _stale_message(tmp_path / "c", teacher, open_dataset(tmp_path / "faces"))
+    assert "dataset.files (the image files" in text
+
+
+def test_synthetic_spec_is_fingerprinted_whole(tmp_path: Path) -> None:
+    teacher = make_teacher()
+    TeacherCache.build(tmp_path / "c", teacher, open_dataset(SPEC), None, batch_size=8)
+    text = _stale_message(tmp_path / "c", teacher, open_dataset(SPEC + ",occlusion=0.2"))
+    assert "dataset.spec.occlusion (the synthetic data spec): cache has 0.5, now 0.2" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# every rank builds its share
+
+def test_two_ranks_build_their_own_parts_and_read_the_whole_cache(tmp_path: Path, dataset) -> None:
+    import threading
+
+    from facekd.distill.cache import Collective
+
+    barrier, box = threading.Barrier(2, timeout=60), {}
+
+    def share(obj, rank):
+        if rank == 0:
+            box["plan"] = obj
+        barrier.wait()
+        out = box["plan"]
+        barrier.wait()
+        return out
+
+    teachers = [make_teacher(), make_teacher()]
+    results: dict[int, TeacherCache] = {}
+    errors: list[BaseException] = []
+
+    def rank_main(rank: int) -> None:
+        try:
+            collective = Collective(rank, 2, share=lambda obj: share(obj, rank), barrier=lambda: barrier.wait())
+            results[rank] = TeacherCache.build(tmp_path / "c", teachers[rank], dataset, dataset.transform,
+                                               batch_size=4, collective=collective)
+        except BaseException as err:  # noqa: BLE001 -- reported below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["parts"] == [[0, 8], [8, 15]] and manifest["complete"]
+    assert [t.calls for t in teachers] == [2 * 8, 2 * 7]  # each rank embedded only its part (image + flip)
+    single = TeacherCache.build(tmp_path / "one", make_teacher(), dataset, dataset.transform, batch_size=5)
+    for rank in range(2):
+        assert np.array_equal(results[rank].rows(0, 15), single.rows(0, 15))
+        idx, flip = torch.tensor([14, 0, 9, 7, 8]), torch.tensor([True, False, True, False, False])
+        assert torch.equal(results[rank].lookup(idx, flip), single.lookup(idx, flip))
+    # one process reopens (and would resume) the two-part cache
+    again = TeacherCache.build(tmp_path / "c", make_teacher(), dataset, dataset.transform, batch_size=4)
+    assert len(again.arrays) == 2 and np.array_equal(again.array, single.array)

@@ -103,3 +103,30 @@ def test_apply_transform_accepts_plain_callables() -> None:
     assert out.shape == (3, 16, 16) and flipped is False
     out, flipped = apply_transform(None, img)
     assert torch.equal(out, face_eval_transform()(img)) and flipped is False
+
+
+def test_only_flips_understands_containers() -> None:
+    import albumentations as A
+
+    from albumentations.pytorch import ToTensorV2
+
+    from facekd.data.transforms import ImageTransform, deterministic_steps
+
+    def tf(*steps):
+        return ImageTransform(A.Compose([*steps, A.Normalize(), ToTensorV2()]))
+
+    crop = A.RandomCrop(24, 24)
+    assert not only_flips(tf(A.OneOf([A.HorizontalFlip(), crop], p=1.0)))   # random choice of a crop
+    assert not only_flips(tf(A.SomeOf([A.HorizontalFlip(), crop], n=1, p=1.0)))
+    assert not only_flips(tf(A.Sequential([crop], p=1.0)))                     # random leaf in a sequence
+    assert not only_flips(tf(A.Sequential([A.Resize(24, 24)], p=0.5)))         # deterministic, applied at random
+    assert not only_flips(tf(A.OneOf([A.Resize(24, 24), A.Resize(28, 28)], p=1.0)))
+    assert not only_flips(tf(A.Sequential([A.OneOf([A.HorizontalFlip(), A.Resize(24, 24)])], p=1.0)))
+    assert only_flips(tf(A.OneOf([A.HorizontalFlip()], p=0.5)))               # only flips below a choice
+    assert only_flips(tf(A.Sequential([A.Resize(24, 24), A.HorizontalFlip(p=0.5)], p=1.0)))
+    assert only_flips(tf(A.OneOf([crop], p=0.0), A.HorizontalFlip()))         # never applied
+    steps = deterministic_steps(tf(A.Sequential([A.Resize(24, 24), A.HorizontalFlip()], p=1.0),
+                                   A.Resize(20, 20, p=0.0)))
+    assert [type(s).__name__ for s in steps] == ["Resize", "Normalize", "ToTensorV2"]
+    with pytest.raises(ValueError, match="beyond horizontal flips"):
+        deterministic_steps(tf(A.OneOf([crop], p=1.0)))

@@ -32,7 +32,7 @@ from albumentations.pytorch import ToTensorV2
 __all__ = [
     "FACE_MEAN", "FACE_STD", "CIFAR_MEAN", "CIFAR_STD", "ImageTransform", "TRANSFORMS",
     "register_transform", "build_transform", "face_train_transform", "face_eval_transform",
-    "cifar_train_transform", "cifar_eval_transform", "only_flips", "apply_transform",
+    "cifar_train_transform", "cifar_eval_transform", "only_flips", "deterministic_steps", "apply_transform",
 ]
 
 FACE_MEAN = (0.5, 0.5, 0.5)
@@ -186,21 +186,72 @@ def _leaves(t: Any) -> list[Any]:
     return [leaf for child in inner for leaf in _leaves(child)]
 
 
+# containers that apply every child in order (when they are applied at all); any other container
+# (OneOf, SomeOf, OneOrOther, RandomOrder, SelectiveChannelTransform...) chooses at random
+_SEQUENCES = frozenset({"Compose", "Sequential", "ReplayCompose"})
+
+
+def _prob(node: Any) -> float:
+    return float(getattr(node, "p", 1.0))
+
+
+def _flips_only_subtree(node: Any) -> bool:
+    """Whether every step under ``node`` that can ever run is a horizontal flip."""
+    if _prob(node) == 0.0:
+        return True
+    inner = getattr(node, "transforms", None)
+    if inner is None:
+        return type(node).__name__ == _FLIP
+    return all(_flips_only_subtree(child) for child in inner)
+
+
+def _only_flips_node(node: Any) -> bool:
+    p, inner = _prob(node), getattr(node, "transforms", None)
+    if p == 0.0:
+        return True  # never applied
+    if inner is None:
+        name = type(node).__name__
+        return name == _FLIP or (name in _DETERMINISTIC and p == 1.0)
+    if p != 1.0 or type(node).__name__ not in _SEQUENCES:
+        # applied at random, or a random choice/order among its children: only flips may sit below it
+        return _flips_only_subtree(node)
+    return all(_only_flips_node(child) for child in inner)
+
+
 def only_flips(transform: Any) -> bool:
     """True when ``transform``'s only randomness is the horizontal flip (or it has none), so a
-    cache of teacher embeddings of each image and its flip stays valid; False when unsure."""
+    cache of teacher embeddings of each image and its flip stays valid; False when unsure.
+
+    Containers are understood: under ``Compose``/``Sequential`` applied with p = 1 every step must
+    be a flip or an always-applied deterministic step (resize, normalise...); under a container
+    that chooses (``OneOf``, ``SomeOf``, ``OneOrOther``, ``RandomOrder``...) or is applied with
+    p < 1, only flips may appear (anything else would be applied at random)."""
     if transform is None:
         return True
     compose = transform.compose if isinstance(transform, ImageTransform) else transform
     if not isinstance(compose, A.BaseCompose):
         return False
-    for leaf in _leaves(compose):
-        name, p = type(leaf).__name__, float(getattr(leaf, "p", 1.0))
-        if p == 0.0 or name == _FLIP:
-            continue
-        if name not in _DETERMINISTIC or p != 1.0:
-            return False
-    return True
+    return _only_flips_node(compose)
+
+
+def deterministic_steps(transform: Any) -> list[Any]:
+    """The steps of a flips-only ``transform`` that always run, in order, without its flips
+    (never-applied p = 0 steps dropped); ValueError when ``only_flips`` is False."""
+    if not only_flips(transform):
+        raise ValueError(f"{transform!r} has randomness beyond horizontal flips")
+    if transform is None:
+        return []
+    compose = transform.compose if isinstance(transform, ImageTransform) else transform
+
+    def walk(node: Any) -> list[Any]:
+        if _prob(node) == 0.0:
+            return []
+        inner = getattr(node, "transforms", None)
+        if inner is None:
+            return [] if type(node).__name__ == _FLIP else [node]
+        return [leaf for child in inner for leaf in walk(child)]
+
+    return walk(compose)
 
 
 def apply_transform(transform: Callable[[np.ndarray], Any] | None, image: np.ndarray) -> tuple[torch.Tensor, bool]:

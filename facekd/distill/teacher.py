@@ -15,6 +15,7 @@ pass under ``no_grad`` otherwise (``online=True``, or augmentation beyond flips)
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -34,8 +35,9 @@ from facekd.log import get_logger, progress
 log = get_logger(__name__)
 
 __all__ = [
-    "TEACHER_WEIGHTS_HELP", "TeacherError", "TeacherWeightsMissingError", "Teacher", "load_teacher",
-    "class_centres", "refine_centres", "classifier_top1",
+    "TEACHER_WEIGHTS_HELP", "TeacherError", "TeacherWeightsMissingError", "TeacherMismatchError", "Teacher",
+    "load_teacher", "classifier_fingerprint", "check_classifier_fingerprint", "class_centres", "refine_centres",
+    "classifier_top1",
 ]
 
 TEACHER_WEIGHTS_HELP = (
@@ -56,6 +58,38 @@ class TeacherError(ValueError):
 
 class TeacherWeightsMissingError(TeacherError):
     """No (or a missing) teacher weights file; the message says where users get one."""
+
+
+class TeacherMismatchError(TeacherError):
+    """A saved teacher classifier (``teacher_head.pth``) fitted for other teacher weights than these."""
+
+
+FINGERPRINT_KEY = "teacher_sha256"
+"""Key of the teacher-weights SHA-256 (32 uint8) in a fitted classifier file."""
+
+
+def classifier_fingerprint(path: str | os.PathLike[str]) -> str | None:
+    """The teacher-weights SHA-256 a fitted classifier file was saved with (None: the file has none)."""
+    from facekd.models.weights import load_weights_file
+
+    value = load_weights_file(path).get(FINGERPRINT_KEY)
+    if not isinstance(value, Tensor) or value.dtype != torch.uint8 or value.numel() != 32:
+        return None
+    return bytes(value.tolist()).hex()
+
+
+def check_classifier_fingerprint(path: str | os.PathLike[str], teacher: "Teacher") -> None:
+    """Raise TeacherMismatchError unless the classifier in ``path`` was fitted for ``teacher``'s weights."""
+    saved = classifier_fingerprint(path)
+    if saved is None:
+        log.warning("%s carries no teacher-weights hash (written by an older facekd): cannot check that it "
+                    "belongs to %s", path, teacher.name)
+        return
+    if saved != teacher.fingerprint():
+        raise TeacherMismatchError(
+            f"{path}: this teacher classifier was fitted for teacher weights with SHA-256 {saved[:16]}..., but "
+            f"{teacher.name} has {teacher.fingerprint()[:16]}...; resume with the run's original --teacher-weights, "
+            "or start a new run (another --out) to fit a classifier for these weights")
 
 
 def _hash_file(path: Path) -> str:
@@ -95,24 +129,28 @@ def _blocks(embeddings: Any, labels: Any, block: int = FIT_BLOCK) -> Iterator[tu
         yield _block(embeddings, labels, start, start + block)
 
 
-def class_centres(embeddings: Any, labels: Any, num_classes: int) -> tuple[Tensor, int]:
-    """(centres [C, D]: normalised mean of each class's normalised embeddings, number of empty classes).
+def class_centres(embeddings: Any, labels: Any, num_classes: int,
+                  device: torch.device | str | None = None) -> tuple[Tensor, int]:
+    """(centres [C, D] on the CPU: normalised mean of each class's normalised embeddings, number of
+    empty classes), summed on ``device`` (use the GPU for large sets).
 
     Empty classes get a random unit centre (they can only be told apart after refinement, if ever).
     """
+    device = torch.device(device or "cpu")
     sums: Tensor | None = None
-    counts = torch.zeros(num_classes)
+    counts = torch.zeros(num_classes, device=device)
     for emb, lab in _blocks(embeddings, labels):
         if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
             raise TeacherError(f"labels must be in [0, {num_classes}) to fit a classifier, found "
                                f"{int(lab.min())}..{int(lab.max())}")
+        emb, lab = emb.to(device, non_blocking=True), lab.to(device, non_blocking=True)
         if sums is None:
-            sums = torch.zeros(num_classes, emb.shape[1])
+            sums = torch.zeros(num_classes, emb.shape[1], device=device)
         sums.index_add_(0, lab, F.normalize(emb, dim=1))
         counts += torch.bincount(lab, minlength=num_classes).float()
     if sums is None:
         raise TeacherError("no embeddings to fit a classifier on (empty labeled set)")
-    empty = counts == 0
+    sums, empty = sums.cpu(), (counts == 0).cpu()
     if bool(empty.any()):
         sums[empty] = torch.randn(int(empty.sum()), sums.shape[1], generator=torch.Generator().manual_seed(0))
     return F.normalize(sums, dim=1), int(empty.sum())
@@ -177,6 +215,9 @@ class Teacher(nn.Module):
         if kind not in ("face", "classifier"):
             raise TeacherError(f"teacher kind must be 'face' or 'classifier', got {kind!r}")
         self.kind, self.scale, self.online, self.name = kind, float(scale), bool(online), name
+        self.amp_dtype: torch.dtype | str | None = "auto"
+        """Autocast dtype of forward passes ("auto": float16 on CUDA, off elsewhere; None: off); see ``place``."""
+        self.memory_format: torch.memory_format | None = None
         self.backbone = backbone
         self.is_torch = isinstance(backbone, nn.Module)
         if self.is_torch:
@@ -233,6 +274,20 @@ class Teacher(nn.Module):
             return p.device
         return torch.device("cpu")
 
+    def place(self, device: torch.device | str, amp_dtype: torch.dtype | str | None = "auto",
+              channels_last: bool = False) -> "Teacher":
+        """Move the teacher to the run's ``device`` and run its forward passes as training does:
+        autocast to ``amp_dtype`` ("auto": float16 on CUDA, off elsewhere; None: off) and channels_last
+        when asked."""
+        device = torch.device(device)
+        self.fingerprint()  # hash the weights as loaded, before any move
+        self.to(device)
+        self.amp_dtype = amp_dtype
+        if channels_last and self.is_torch:
+            self.memory_format = torch.channels_last
+            self.backbone.to(memory_format=torch.channels_last)
+        return self
+
     def fingerprint(self) -> str:
         """SHA-256 of the backbone weights (state dict, or the ONNX file); ties caches to the weights."""
         if self._fingerprint is None:
@@ -259,21 +314,35 @@ class Teacher(nn.Module):
         return weight.detach().cpu().clone()
 
     def save_classifier(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``{"weight": [C, D]}`` (loadable with ``load_classifier`` / ``--teacher-head``)."""
+        """Write ``{"weight": [C, D], "teacher_sha256": uint8[32]}`` (loadable with ``load_classifier`` /
+        ``--teacher-head``; the hash of these teacher weights lets a resume check it)."""
         from facekd.models.weights import save_weights_file
 
-        return save_weights_file({"weight": self.classifier_weight()}, path)
+        digest = torch.tensor(list(bytes.fromhex(self.fingerprint())), dtype=torch.uint8)
+        return save_weights_file({"weight": self.classifier_weight(), FINGERPRINT_KEY: digest}, path)
 
     # -- forward passes ------------------------------------------------------------------------
     def _autocast(self, device: torch.device) -> Any:
-        return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda")
+        dtype = self.amp_dtype
+        if dtype == "auto":
+            dtype = torch.float16 if device.type == "cuda" else None
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def _input(self, images: Tensor) -> Tensor:
+        x = images.to(self.device if self.is_torch else images.device, non_blocking=True)
+        if self.memory_format is not None and x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)
+        return x
 
     def embed_images(self, images: Tensor) -> Tensor:
-        """float32 embeddings [N, D] of normalised images by a forward pass (no_grad; fp16 on CUDA)."""
+        """float32 embeddings [N, D] of normalised images by a forward pass on the teacher's device
+        (no_grad; autocast as set by ``place``: fp16 on CUDA by default)."""
         if self.kind != "face":
             raise TeacherError("embed_images is for face teachers; use features() for classifiers")
-        device = self.device if self.is_torch else images.device
-        x = images.to(device, non_blocking=True)
+        x = self._input(images)
+        device = x.device
         with torch.no_grad(), self._autocast(device):
             out = self.backbone(x)
         if isinstance(out, (tuple, list)):
@@ -314,7 +383,7 @@ class Teacher(nn.Module):
         if not self.is_torch:
             raise TeacherError(f"{self.name} is an ONNX model: it gives embeddings only, no feature maps")
         with torch.no_grad():
-            return self.backbone(images.to(self.device, non_blocking=True), return_features=True)
+            return self.backbone(self._input(images), return_features=True)
 
     def logits(self, embeddings: Tensor, centres: Tensor | None = None) -> Tensor:
         """The critic's logits: faces s*cos(W, e) without margin (over ``centres`` when given), float32.
@@ -362,7 +431,7 @@ class Teacher(nn.Module):
             raise TeacherError(f"{len(embeddings)} embeddings but {len(labels)} labels")
         if num_classes is None:
             num_classes = int(labels.max()) + 1 if len(labels) else 0
-        centres, empty = class_centres(embeddings, labels, num_classes)
+        centres, empty = class_centres(embeddings, labels, num_classes, device)
         report: dict[str, float] = {"num_classes": float(num_classes), "num_samples": float(len(labels)),
                                     "empty_classes": float(empty), "refine_epochs": float(refine_epochs)}
         report["top1_centres"] = classifier_top1(centres, embeddings, labels, device)
@@ -383,8 +452,7 @@ class Teacher(nn.Module):
         labels = np.asarray(labels, dtype=np.int64)
         if len(labels) != len(cache):
             raise TeacherError(f"{cache.root}: cache has {len(cache)} rows but {len(labels)} labels were given")
-        rows = cache.array.reshape(len(cache) * 2, cache.embedding_size)
-        return self.fit_classifier(rows, np.repeat(labels, 2), num_classes, **options)
+        return self.fit_classifier(cache.flat_rows(), np.repeat(labels, 2), num_classes, **options)
 
     def extra_repr(self) -> str:
         what = "torch" if self.is_torch else "onnx"

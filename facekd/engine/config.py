@@ -26,6 +26,8 @@ class TrainConfig:
     out: str = field("runs/train", help="output directory (config.yaml, metrics.jsonl, checkpoints, backbone.pth)")
     resume: str | None = field(None, help="continue the run whose output directory (or checkpoint file) is given")
     device: str = field("auto", help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'")
+    dist_timeout: float = field(1800.0, help="torchrun runs: seconds a rank may wait in one collective (process-group "
+                                             "timeout); also how long a rank waits for a stalled teacher-cache build")
     seed: int = field(0, help="seed for weights, data order and augmentation")
     workers: int = field(2, help="data-loading worker processes per rank (0 = load in the main process)")
     # model size

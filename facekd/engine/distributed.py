@@ -20,10 +20,13 @@ log = get_logger(__name__)
 
 __all__ = ["DistributedError", "DistInfo", "init_distributed", "shutdown_distributed", "is_distributed",
            "rank", "world_size", "is_main", "barrier", "all_reduce_max", "all_gather_objects",
-           "gather_rows", "select_device"]
+           "broadcast_object", "gather_rows", "select_device", "DEFAULT_TIMEOUT_S", "timeout_s"]
 
 BACKENDS = {"cuda": "nccl", "cpu": "gloo"}
 """Process-group backend by device type."""
+DEFAULT_TIMEOUT_S = 1800.0
+"""Default process-group timeout (``--dist-timeout``): the longest any collective may wait."""
+_TIMEOUT = [DEFAULT_TIMEOUT_S]
 
 
 class DistributedError(RuntimeError):
@@ -64,8 +67,17 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def init_distributed(device_name: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
-    """Join the torchrun job when launched by torchrun (NCCL on CUDA, gloo on CPU); else one process."""
+def timeout_s() -> float:
+    """The process-group timeout in seconds (what a rank may wait in one collective)."""
+    return _TIMEOUT[0]
+
+
+def init_distributed(device_name: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo:
+    """Join the torchrun job when launched by torchrun (NCCL on CUDA, gloo on CPU) with collectives
+    timing out after ``timeout_s`` seconds; else one process."""
+    if not timeout_s > 0:
+        raise DistributedError(f"the distributed timeout must be > 0 seconds, got {timeout_s}")
+    _TIMEOUT[0] = float(timeout_s)
     if not launched_by_torchrun():
         return DistInfo(0, 1, 0, select_device(device_name))
     try:
@@ -142,6 +154,15 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in one process); picklable objects only."""
+    if not is_distributed():
+        return obj
+    box = [obj if rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather_rows(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:

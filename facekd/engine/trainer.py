@@ -100,7 +100,7 @@ def setup_run(cfg: TrainConfig) -> fdist.DistInfo:
     Call before building models: Partial FC reads its rank when constructed, and the seed makes
     every rank build identical initial weights.
     """
-    info = fdist.init_distributed(cfg.device)
+    info = fdist.init_distributed(cfg.device, getattr(cfg, "dist_timeout", fdist.DEFAULT_TIMEOUT_S))
     seed_everything(cfg.seed)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -360,7 +360,8 @@ class ClassifierFile(WeightsFormat):
     name = "classifier"
     description = "classifier (class centres) file"
     CLASSIFIER_KEYS: ClassVar[frozenset[str]] = frozenset(
-        {"weight", "bias", "weight_mom", "weight_activated", "weight_activated_mom", "weight_index"})
+        {"weight", "bias", "weight_mom", "weight_activated", "weight_activated_mom", "weight_index",
+         "teacher_sha256"})
 
     @staticmethod
     def matches(obj: Mapping[str, Any]) -> bool:

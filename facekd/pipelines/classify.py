@@ -234,7 +234,7 @@ class ClassifyTask(TrainTask):
         cfg = self.cfg
         options = {"num_classes": cfg.teacher_num_classes or self.num_classes, "input_size": cfg.input_size}
         setup = prepare_teacher(cfg.teacher_weights, cfg.teacher, labeled=self.dataset, online=True,
-                                seed=cfg.seed, is_main=self.info.is_main, barrier=fdist.barrier, **options)
+                                seed=cfg.seed, device=self.info.device, channels_last=cfg.channels_last, **options)
         teacher = setup.teacher
         if teacher.kind != "classifier":
             raise TeacherError(f"{cfg.teacher_weights}: a face model cannot teach a classifier here; use "

@@ -115,10 +115,12 @@ def parse_student_options(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def sample_critic_centres(labels: Tensor, num_classes: int, rate: float, generator: torch.Generator) -> Tensor:
+def sample_critic_centres(labels: Tensor, num_classes: int, rate: float,
+                          generator: torch.Generator | None = None) -> Tensor:
     """Class ids [k] the critic's logits are computed over when Partial FC is on: every positive
     class of the batch (labels >= 0, those within ``num_classes``) plus random others, k =
-    max(#positives, ceil(rate * C)), sorted. Unlabeled rows compare logits over the same subset."""
+    max(#positives, ceil(rate * C)), sorted. Unlabeled rows compare logits over the same subset.
+    ``generator`` None: the global torch generator (checkpointed with the run's RNG state)."""
     k = max(1, int(-(-rate * num_classes // 1)))
     positives = torch.unique(labels[(labels >= 0) & (labels < num_classes)].cpu())
     if positives.numel() >= k:
@@ -174,17 +176,24 @@ class DistillTask(FaceVerificationEval, TrainTask):
             self.loader = build_loader(self.dataset, cfg.batch_size, shuffle=True, workers=cfg.workers,
                                        seed=cfg.seed, drop_last=True)
 
-        # teacher: reuse the classifier fitted by the run being resumed
-        head_file = cfg.teacher_head
+        # teacher: on the run's device; reuse the classifier fitted by the run being resumed (checked
+        # against the teacher weights' hash); every rank builds its share of the caches
+        head_file, fitted_head = cfg.teacher_head, False
         if head_file is None and cfg.resume and (out / TEACHER_HEAD_FILE).is_file():
-            head_file = str(out / TEACHER_HEAD_FILE)
+            head_file, fitted_head = str(out / TEACHER_HEAD_FILE), True
         teacher_options = _teacher_options(cfg)
+        from facekd.distill.cache import Collective
+        from facekd.engine.trainer import AMP_AUTO, AMP_DTYPES
+
+        amp_mode = AMP_AUTO.get(info.device.type, "off") if cfg.amp == "auto" else cfg.amp
+        collective = Collective(info.rank, info.world_size, share=fdist.broadcast_object, barrier=fdist.barrier)
         setup = prepare_teacher(
             cfg.teacher_weights, cfg.teacher, labeled=self.dataset, transform=transform, unlabeled=self.pool,
             unlabeled_transform=pool_transform, head=head_file, scale=cfg.teacher_scale, online=cfg.online_teacher,
             cache_dir=cfg.cache_dir or out / "teacher_cache", rebuild_cache=cfg.rebuild_cache,
             refine_epochs=cfg.refine_epochs, batch_size=min(256, max(32, cfg.batch_size)), workers=cfg.workers,
-            seed=cfg.seed, is_main=info.is_main, barrier=fdist.barrier, **teacher_options)
+            seed=cfg.seed, device=info.device, amp_dtype=AMP_DTYPES[amp_mode], channels_last=cfg.channels_last,
+            collective=collective, stall_timeout=cfg.dist_timeout, check_head=fitted_head, **teacher_options)
         self.teacher = setup.teacher
         self.fit_report = setup.fit_report
         if info.is_main and setup.fit_report:
@@ -225,7 +234,6 @@ class DistillTask(FaceVerificationEval, TrainTask):
                 raise ConfigError(f"kd with the student's own logits needs the teacher's classifier over the "
                                   f"student's {num_classes} classes, but it has {self.teacher.num_classes}; use "
                                   "--loss-option kd.student_logits=critic")
-        self._centre_generator = torch.Generator().manual_seed(cfg.seed + 7919 * info.rank)
         self.load_validation(cfg.data, cfg.val_pairs, cfg.val_bins, info.is_main)
         log.info("distilling %s into %s with %s: %d labeled images of %d identities%s; teacher %s", self.teacher.name,
                  cfg.student, cfg.loss, len(self.dataset), num_classes,
@@ -237,6 +245,18 @@ class DistillTask(FaceVerificationEval, TrainTask):
         if self.head is not None:
             mods["head"] = self.head
         return mods
+
+    def _critic_centres(self, batch: Any, modules: Mapping[str, nn.Module]) -> Tensor:
+        """Class ids the critic scores this step with Partial FC: the student head's sample (all ranks'
+        shards) when head and critic share the classes, else a draw from the global torch generator
+        (whose state every checkpoint holds, so a resumed run replays the same draws)."""
+        from facekd.models.heads import PartialFC
+
+        head = modules.get("head")
+        if isinstance(head, PartialFC) and head.num_classes == self.teacher.num_classes and head.sample_rate < 1.0:
+            return head.all_last_samples().to(batch.images.device)
+        return sample_critic_centres(batch.labels, self.teacher.num_classes, self.cfg.partial_fc).to(
+            batch.images.device)
 
     def compute_losses(self, batch: Any, modules: Mapping[str, nn.Module]) -> dict[str, Tensor]:
         from facekd.distill.outputs import StudentOutput
@@ -251,8 +271,7 @@ class DistillTask(FaceVerificationEval, TrainTask):
             logits = head.s * head.cosine(out.embedding)
         centres = None
         if self.cfg.partial_fc < 1.0:
-            centres = sample_critic_centres(batch.labels, self.teacher.num_classes, self.cfg.partial_fc,
-                                            self._centre_generator).to(batch.images.device)
+            centres = self._critic_centres(batch, modules)
         teacher_out = self.teacher.outputs(batch, centres)
         terms.update(modules["distill"](StudentOutput.from_model(out, logits), teacher_out, batch))
         return terms
