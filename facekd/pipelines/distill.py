@@ -221,9 +221,11 @@ class DistillTask(FaceVerificationEval, TrainTask):
             self.head = attach_margin_head(self, cfg, num_classes, info)
         else:
             self.head_key = None
-        self.losses = build_losses(cfg.loss, "face", student_dim=cfg.embedding_size,
-                                   teacher_dim=self.teacher.feature_dim,
-                                   options=parse_loss_options(cfg.loss_option))
+        with torch.random.fork_rng(devices=[]):  # connector init independent of the head (sharded or not)
+            torch.manual_seed(cfg.seed + 1)
+            self.losses = build_losses(cfg.loss, "face", student_dim=cfg.embedding_size,
+                                       teacher_dim=self.teacher.feature_dim,
+                                       options=parse_loss_options(cfg.loss_option))
         self.own_logits = _needs_own_logits(self.losses)
         if self.own_logits:
             if self.head is None or info.world_size > 1 or cfg.partial_fc < 1.0:
@@ -239,6 +241,14 @@ class DistillTask(FaceVerificationEval, TrainTask):
                  cfg.student, cfg.loss, len(self.dataset), num_classes,
                  f", unlabeled pool of {len(self.pool)}" if self.pool is not None else "",
                  "cached" if setup.cached else "in the loop")
+
+    def evaluate(self, modules: Mapping[str, nn.Module]) -> dict[str, float]:
+        """Held-out verification, with a warning when the metrics say distillation is hurting."""
+        from facekd.distill.health import warn_if_hurting
+
+        metrics = super().evaluate(modules)
+        warn_if_hurting(metrics, self.cfg.loss)
+        return metrics
 
     def modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"backbone": self.backbone, "distill": self.losses, "teacher": self.teacher}
