@@ -132,7 +132,7 @@ def run_config(cfg: Config, rounds: int, workdir: Path) -> dict:
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"cfg": cfg, "rounds": rounds, "med": med, "build_s": build_s, "build_images": 2 * len(dataset),
-            "cache_bytes": (workdir / cfg.teacher / "embeddings.f16").stat().st_size, "rows": len(dataset)}
+            "cache_bytes": cache.nbytes, "rows": len(dataset)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

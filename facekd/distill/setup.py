@@ -78,15 +78,18 @@ def prepare_teacher(weights: str | os.PathLike[str] | None, arch: str | None, *,
         teacher.attach_cache(TeacherCacheSet(caches), transform)
     report: dict[str, Any] = {}
     if teacher.kind == "face" and not teacher.has_classifier:
-        labels, num_classes = labeled.labels, labeled.num_classes
-        options = {"refine_epochs": refine_epochs, "seed": seed}
-        if LABELED_SOURCE in caches:
-            report = teacher.fit_classifier_from_cache(caches[LABELED_SOURCE], labels, num_classes, **options)
-        else:
-            emb = teacher.embed_dataset(labeled, transform, batch_size=batch_size, workers=workers)
-            report = teacher.fit_classifier(emb, labels, num_classes, **options)
-        if collective.world_size > 1:  # one critic for all ranks, bit for bit (GPU sums are not ordered)
-            teacher.set_classifier(collective.share(teacher.classifier_weight()))
-            report = collective.share(report)
-        report["teacher_sha256"] = teacher.fingerprint()
+        # rank 0 fits on its device; every rank gets its centres (one critic, bit for bit, on all ranks)
+        if collective.rank == 0:
+            labels, num_classes = labeled.labels, labeled.num_classes
+            options = {"refine_epochs": refine_epochs, "seed": seed}
+            if LABELED_SOURCE in caches:
+                report = teacher.fit_classifier_from_cache(caches[LABELED_SOURCE], labels, num_classes, **options)
+            else:
+                emb = teacher.embed_dataset(labeled, transform, batch_size=batch_size, workers=workers)
+                report = teacher.fit_classifier(emb, labels, num_classes, **options)
+            report["teacher_sha256"] = teacher.fingerprint()
+        if collective.world_size > 1:
+            centres, report = collective.share((teacher.classifier_weight() if collective.rank == 0 else None,
+                                                report))
+            teacher.set_classifier(centres)
     return TeacherSetup(teacher, cached, report)

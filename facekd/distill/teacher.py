@@ -50,6 +50,10 @@ TEACHER_WEIGHTS_HELP = (
     "fitted on the labeled training set.")
 FIT_BLOCK = 65536
 """Rows of embeddings processed at once when fitting or scoring a classifier."""
+SCORED_ROWS = 20_000
+"""Most rows a fitted classifier is scored on for its report (evenly spaced; all rows of small sets)."""
+SCORE_ELEMENTS = 1 << 25
+"""Most cosine scores ([rows x classes]) held at once when scoring a classifier (128 MiB of float32)."""
 
 
 class TeacherError(ValueError):
@@ -156,12 +160,16 @@ def class_centres(embeddings: Any, labels: Any, num_classes: int,
     return F.normalize(sums, dim=1), int(empty.sum())
 
 
-def classifier_top1(centres: Tensor, embeddings: Any, labels: Any, device: torch.device | str | None = None) -> float:
-    """Top-1 accuracy of nearest-centre (max cosine) classification of ``embeddings`` (on ``device``)."""
+def classifier_top1(centres: Tensor, embeddings: Any, labels: Any, device: torch.device | str | None = None,
+                    max_rows: int | None = None) -> float:
+    """Top-1 accuracy of nearest-centre (max cosine) classification of ``embeddings`` (on ``device``),
+    over every row or, with ``max_rows``, over evenly spaced rows (every ceil(M / max_rows)-th)."""
     weight = F.normalize(centres.float(), dim=1).to(device or "cpu")
     correct = total = 0
-    for emb, lab in _blocks(embeddings, labels):
-        emb, lab = emb.to(weight.device), lab.to(weight.device)
+    stride = max(1, -(-len(labels) // max_rows)) if max_rows else 1
+    block = max(1, min(FIT_BLOCK, SCORE_ELEMENTS // max(1, weight.shape[0]))) * stride  # [rows x C] at a time
+    for emb, lab in _blocks(embeddings, labels, block):
+        emb, lab = emb[::stride].to(weight.device), lab[::stride].to(weight.device)
         pred = (F.normalize(emb, dim=1) @ weight.t()).argmax(dim=1)
         correct += int((pred == lab).sum())
         total += int(lab.numel())
@@ -434,16 +442,19 @@ class Teacher(nn.Module):
         centres, empty = class_centres(embeddings, labels, num_classes, device)
         report: dict[str, float] = {"num_classes": float(num_classes), "num_samples": float(len(labels)),
                                     "empty_classes": float(empty), "refine_epochs": float(refine_epochs)}
-        report["top1_centres"] = classifier_top1(centres, embeddings, labels, device)
+        stride = max(1, -(-len(labels) // SCORED_ROWS))
+        report["scored_rows"] = float(-(-len(labels) // stride))
+        report["top1_centres"] = classifier_top1(centres, embeddings, labels, device, SCORED_ROWS)
         if refine_epochs > 0:
             centres = refine_centres(centres, embeddings, labels, refine_epochs, scale=self.scale, margin=margin,
                                      lr=lr, batch_size=batch_size, seed=seed, device=device)
-        report["top1"] = classifier_top1(centres, embeddings, labels, device) if refine_epochs > 0 else \
-            report["top1_centres"]
+        report["top1"] = (classifier_top1(centres, embeddings, labels, device, SCORED_ROWS) if refine_epochs > 0
+                          else report["top1_centres"])
         self.set_classifier(centres)
-        log.info("%s: fitted classifier over %d classes from %d embeddings: top-1 on them %.4f (centres only "
-                 "%.4f, %d refinement epochs%s)", self.name, num_classes, len(labels), report["top1"],
-                 report["top1_centres"], refine_epochs, f", {empty} classes without samples" if empty else "")
+        log.info("%s: fitted classifier over %d classes from %d embeddings: top-1 on %d of them %.4f (centres "
+                 "only %.4f, %d refinement epochs%s)", self.name, num_classes, len(labels), report["scored_rows"],
+                 report["top1"], report["top1_centres"], refine_epochs,
+                 f", {empty} classes without samples" if empty else "")
         return report
 
     def fit_classifier_from_cache(self, cache: TeacherCache, labels: Any, num_classes: int | None = None,
