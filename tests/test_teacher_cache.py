@@ -264,7 +264,8 @@ def test_synthetic_spec_is_fingerprinted_whole(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # every rank builds its share
 
-def test_two_ranks_build_their_own_parts_and_read_the_whole_cache(tmp_path: Path, dataset) -> None:
+def _two_ranks(root: Path, teachers: list, datasets: list, transform, stall_timeout: float = 60.0):
+    """Build ``root`` with two threads as ranks 0 and 1 (a real barrier, rank 0's plan shared)."""
     import threading
 
     from facekd.distill.cache import Collective
@@ -279,24 +280,28 @@ def test_two_ranks_build_their_own_parts_and_read_the_whole_cache(tmp_path: Path
         barrier.wait()
         return out
 
-    teachers = [make_teacher(), make_teacher()]
     results: dict[int, TeacherCache] = {}
-    errors: list[BaseException] = []
+    errors: dict[int, BaseException] = {}
 
     def rank_main(rank: int) -> None:
         try:
             collective = Collective(rank, 2, share=lambda obj: share(obj, rank), barrier=lambda: barrier.wait())
-            results[rank] = TeacherCache.build(tmp_path / "c", teachers[rank], dataset, dataset.transform,
-                                               batch_size=4, collective=collective)
-        except BaseException as err:  # noqa: BLE001 -- reported below
-            errors.append(err)
-            barrier.abort()
+            results[rank] = TeacherCache.build(root, teachers[rank], datasets[rank], transform, batch_size=4,
+                                               commit_every=1, collective=collective, stall_timeout=stall_timeout)
+        except BaseException as err:  # noqa: BLE001 -- returned to the test
+            errors[rank] = err
 
     threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return results, errors
+
+
+def test_two_ranks_build_their_own_parts_and_read_the_whole_cache(tmp_path: Path, dataset) -> None:
+    teachers = [make_teacher(), make_teacher()]
+    results, errors = _two_ranks(tmp_path / "c", teachers, [dataset, dataset], dataset.transform)
     assert not errors, errors
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["parts"] == [[0, 8], [8, 15]] and manifest["complete"]
@@ -309,3 +314,19 @@ def test_two_ranks_build_their_own_parts_and_read_the_whole_cache(tmp_path: Path
     # one process reopens (and would resume) the two-part cache
     again = TeacherCache.build(tmp_path / "c", make_teacher(), dataset, dataset.transform, batch_size=4)
     assert len(again.arrays) == 2 and np.array_equal(again.array, single.array)
+
+
+def test_a_rank_lost_mid_build_stops_the_waiting_rank_and_its_part_resumes(tmp_path: Path, dataset) -> None:
+    teachers = [make_teacher(), make_teacher()]
+    broken = FailingRows(dataset, 12)  # rank 1 (rows 8..14) stops at row 12: its chunk 8..11 is on disk
+    results, errors = _two_ranks(tmp_path / "c", teachers, [dataset, broken], dataset.transform, stall_timeout=1.0)
+    assert isinstance(errors[1], KeyboardInterrupt)
+    assert isinstance(errors[0], CacheError) and "parts [1]" in str(errors[0]) and "without progress" in str(errors[0])
+    assert [int(np.fromfile(tmp_path / "c" / f"part-00{p}.done", dtype=np.uint8).sum()) for p in range(2)] == [2, 1]
+
+    teachers = [make_teacher(), make_teacher()]
+    results, errors = _two_ranks(tmp_path / "c", teachers, [dataset, dataset], dataset.transform)
+    assert not errors, errors
+    assert [t.calls for t in teachers] == [0, 2 * 3]  # only rank 1's missing rows 12..14, image + flip
+    fresh = TeacherCache.build(tmp_path / "fresh", make_teacher(), dataset, dataset.transform, batch_size=5)
+    assert np.array_equal(results[0].array, fresh.array) and np.array_equal(results[1].array, fresh.array)
