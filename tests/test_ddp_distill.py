@@ -153,3 +153,12 @@ def test_partial_fc_distillation_replays_bit_for_bit_after_resume(teacher: Path,
     if not extra:
         assert torch.equal(load_weights_file(straight / "head.pth")["weight"],
                            load_weights_file(resumed / "head.pth")["weight"])
+
+
+def test_rebuild_cache_is_done_once_not_again_on_resume(teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert distill.main([*_common(teacher), "--batch-size", "20", "--max-steps", "2", "--rebuild-cache",
+                         "--out", str(out)]) == 0
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "teacher_cache").rglob("part-*")}
+    assert distill.main(["--resume", str(out), "--max-steps", "3"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "teacher_cache").rglob("part-*")} == stamp

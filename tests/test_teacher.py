@@ -251,3 +251,20 @@ def test_teacher_is_placed_on_the_run_device_with_training_precision(tmp_path: P
     assert a.dtype == b.dtype == torch.float32
     assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.1 * float(a.abs().max()))  # bf16 autocast ran
     assert plain.fingerprint() == bf16.fingerprint()
+
+
+def test_critic_selects_the_sampled_centres_once_per_sample() -> None:
+    from facekd.distill.critic import CosineCritic
+
+    critic = CosineCritic(torch.randn(50, 8), scale=16.0)
+    centres = torch.tensor([1, 4, 9, 30])
+    x = torch.randn(3, 8)
+    first = critic(x, centres)
+    selected = critic._selected[3]
+    assert critic(torch.randn(5, 8), centres).shape == (5, 4)
+    assert critic._selected[3] is selected  # the same sample: its rows are not selected again
+    centres[0] = 2  # edited in place: selected again
+    expected = torch.nn.functional.linear(torch.nn.functional.normalize(x), critic.weight[centres]) * 16.0
+    assert torch.allclose(critic(x, centres), expected, atol=1e-6) and not torch.allclose(first, expected)
+    other = torch.tensor([0, 49])
+    assert critic(x, other).shape == (3, 2) and critic._selected[0]() is other

@@ -7,6 +7,8 @@ but not detached, so logits computed from a student's features pass gradients ba
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,6 +43,7 @@ class CosineCritic(nn.Module):
             raise CriticError(f"scale s must be positive, got {scale!r}")
         self.weight = _frozen(F.normalize(weight.float(), dim=1))
         self.scale = float(scale)
+        self._selected: tuple[weakref.ref, int, int, Tensor] | None = None  # (centres, versions, rows)
 
     @property
     def num_classes(self) -> int:
@@ -61,9 +64,20 @@ class CosineCritic(nn.Module):
                                                            int(centres.max()) >= self.num_classes)):
                 raise CriticError(f"centres must be a 1-D tensor of class ids in [0, {self.num_classes}), got "
                                   f"shape {list(centres.shape)}")
-            weight = weight.index_select(0, centres.to(weight.device))
+            weight = self._rows(centres)
         with torch.autocast(device_type=features.device.type, enabled=False):
             return F.linear(F.normalize(features.float(), dim=1), weight) * self.scale
+
+    def _rows(self, centres: Tensor) -> Tensor:
+        """``weight[centres]``, selected once per centres tensor (a step scores teacher and student
+        embeddings over the same Partial FC sample: one [k, D] copy instead of two)."""
+        memo = self._selected
+        if memo is not None and memo[0]() is centres and memo[1] == centres._version \
+                and memo[2] == self.weight._version:
+            return memo[3]
+        rows = self.weight.index_select(0, centres.to(self.weight.device))
+        self._selected = (weakref.ref(centres), centres._version, self.weight._version, rows)
+        return rows
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, in_features={self.in_features}, scale={self.scale}"

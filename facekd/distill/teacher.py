@@ -50,8 +50,9 @@ TEACHER_WEIGHTS_HELP = (
     "fitted on the labeled training set.")
 FIT_BLOCK = 65536
 """Rows of embeddings processed at once when fitting or scoring a classifier."""
-SCORED_ROWS = 20_000
-"""Most rows a fitted classifier is scored on for its report (evenly spaced; all rows of small sets)."""
+SCORE_MACS = 2 * 10**11
+"""Multiply-adds a fitted classifier's report may spend scoring rows (rows x classes x D; at least
+4,096 rows, evenly spaced, are scored; every row of small sets)."""
 SCORE_ELEMENTS = 1 << 25
 """Most cosine scores ([rows x classes]) held at once when scoring a classifier (128 MiB of float32)."""
 
@@ -442,13 +443,14 @@ class Teacher(nn.Module):
         centres, empty = class_centres(embeddings, labels, num_classes, device)
         report: dict[str, float] = {"num_classes": float(num_classes), "num_samples": float(len(labels)),
                                     "empty_classes": float(empty), "refine_epochs": float(refine_epochs)}
-        stride = max(1, -(-len(labels) // SCORED_ROWS))
+        max_rows = max(4096, SCORE_MACS // max(1, centres.shape[0] * centres.shape[1]))
+        stride = max(1, -(-len(labels) // max_rows))
         report["scored_rows"] = float(-(-len(labels) // stride))
-        report["top1_centres"] = classifier_top1(centres, embeddings, labels, device, SCORED_ROWS)
+        report["top1_centres"] = classifier_top1(centres, embeddings, labels, device, max_rows)
         if refine_epochs > 0:
             centres = refine_centres(centres, embeddings, labels, refine_epochs, scale=self.scale, margin=margin,
                                      lr=lr, batch_size=batch_size, seed=seed, device=device)
-        report["top1"] = (classifier_top1(centres, embeddings, labels, device, SCORED_ROWS) if refine_epochs > 0
+        report["top1"] = (classifier_top1(centres, embeddings, labels, device, max_rows) if refine_epochs > 0
                           else report["top1_centres"])
         self.set_classifier(centres)
         log.info("%s: fitted classifier over %d classes from %d embeddings: top-1 on %d of them %.4f (centres "

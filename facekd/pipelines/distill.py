@@ -76,7 +76,10 @@ class DistillConfig(TrainConfig):
     init_student: str | None = field(None, help="start the student from these weights (e.g. a previous stage's "
                                                 "backbone.pth)")
     head: str = field("arcface", help="the student's own margin head on labeled rows", choices=("arcface", "cosface"))
-    scale: float = field(64.0, help="logit scale s of the student's margin head")
+    scale: float = field(64.0, help="logit scale s of the student's margin head "
+                               "(64 is arcface_torch's, for MS1M-sized data at 112 px; on small sets (thousands "
+                               "of identities, or 32 px) 32 with --margin 0.4, --warmup-steps and --clip-grad-norm 5 "
+                               "converges where 64/0.5 may not)")
     margin: float | None = field(None, help="margin of the student's head (default: 0.5 ArcFace, 0.4 CosFace)")
     partial_fc: float = field(1.0, help="Partial FC sample rate (student head; also the share of teacher "
                                         "centres the cross-network logits use); 1.0 = all")
@@ -195,6 +198,7 @@ class DistillTask(FaceVerificationEval, TrainTask):
             seed=cfg.seed, device=info.device, amp_dtype=AMP_DTYPES[amp_mode], channels_last=cfg.channels_last,
             collective=collective, stall_timeout=cfg.dist_timeout, check_head=fitted_head, **teacher_options)
         self.teacher = setup.teacher
+        cfg.rebuild_cache = False  # done: a resume of this run (which reads config.yaml) must not rebuild again
         self.fit_report = setup.fit_report
         if info.is_main and setup.fit_report:
             import json
