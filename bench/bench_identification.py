@@ -1,5 +1,9 @@
 """1:N identification throughput and recall: faiss flat / HNSW / IVF / IVF-PQ vs numpy brute force.
 
+The first row after numpy is what ``python -m facekd.eval.identify`` does by default: ``auto`` index
+(IVF-PQ fast-scan + exact re-rank at this size), search tuned by ``--target-recall 0.99`` on 1,000 of
+the user's probes (here: queries outside the measured ones), top-1 queries (k = 1).
+
 Synthetic face-like embeddings: identity centres in a 32-d latent space (estimates of the
 intrinsic dimension of deep face features are of this order or lower) embedded in 512-d by a
 random orthonormal map, plus per-image latent variation and a small isotropic residual, so that
@@ -11,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from bench._report import table, write_section
 from facekd.eval.identification import GalleryIndex, IndexOptions, recall_at_1
+from facekd.eval.identification_tuning import DEFAULT_TARGET_RECALL, TUNE_QUERIES, tuned_index
 
 T = TypeVar("T")
 
@@ -77,6 +82,35 @@ def timed(fn: Callable[[], T], budget_s: float = 10.0, max_runs: int = 3) -> tup
     return result, best
 
 
+def run_default(gallery: np.ndarray, g_lab: np.ndarray, queries: np.ndarray, q_lab: np.ndarray, b_n: int,
+                gt_ids: np.ndarray, gt_scores: np.ndarray) -> dict[str, Any]:
+    """The identify CLI's default: auto index tuned to the recall target on queries[b_n:], top-1 queries."""
+    t0 = time.perf_counter()
+    index = GalleryIndex.build(gallery, g_lab, "auto", IndexOptions(), show_progress=False)
+    tuning = None
+    if index.kind != "flat":  # as the CLI: an exact index needs no tuning
+        index, tuning, _rows = tuned_index(index, gallery, queries[b_n:], DEFAULT_TARGET_RECALL, TUNE_QUERIES)
+    build_s = time.perf_counter() - t0
+    held_out = queries[:b_n]
+    (scores, ids), seconds = timed(lambda: index.search(held_out, 1, show_progress=False, normalised=True))
+    chosen = ", ".join(f"{k}={v}" for k, v in tuning.setting.items()) if tuning else ""
+    chosen = chosen or "exact search"
+    if tuning is not None and tuning.fallback:
+        chosen += f" (fallback: {tuning.fallback})"
+    note = "" if tuning is None else (f"tuning sample: recall@1 {tuning.recall_at_1:.4f}, {len(tuning.trials)} "
+                                      f"settings tried, {tuning.as_dict()['speedup_vs_exact']:.1f}x faiss exact search")
+    name = index.kind if index.kind != "ivfpq" else "ivfpq (IVF-PQ fast-scan + re-rank)"
+    return {"label": f"**default**: {name}", "setting": chosen, "build": f"{build_s:.1f}",
+            "memory": index.memory_bytes() / 2**20, "qps": b_n / seconds,
+            "recall": recall_at_1(ids, scores, gt_ids[:, None], gt_scores[:, None]),
+            "rank1": float(np.mean(g_lab[ids[:, 0]] == q_lab[:b_n])), "note": note}
+
+
+def _row(r: dict[str, Any], brute_qps: float) -> list[str]:
+    return [r["label"], r["setting"], r["build"], f"{r['memory']:.0f}", f"{r['qps']:,.0f}",
+            f"{r['qps'] / brute_qps:.1f}x", f"{r['recall']:.4f}", f"{r['rank1']:.4f}"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Build each index, time searches, compare with numpy brute force, update docs/benchmarks.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="queries also searched by numpy brute force (ground truth and its speed)")
     parser.add_argument("--hnsw-m", type=int, default=16, help="HNSW links per node")
     parser.add_argument("--ef-construction", type=int, default=40, help="HNSW build beam")
+    parser.add_argument("--default-only", action="store_true", help="only numpy and the default (tuned) index")
     args = parser.parse_args(argv)
     if args.quick:
         args.gallery_size, args.queries, args.brute_queries = 40_000, 2_000, 1_000
@@ -96,11 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"data: gallery {gallery.shape}, queries {queries.shape} in {time.perf_counter() - t0:.1f} s", flush=True)
 
     (gt_scores, gt_ids), seconds = timed(lambda: numpy_brute_force(gallery, queries[:b_n]), budget_s=20.0)
-    brute_qps = b_n / seconds
-    rank1_exact = float(np.mean(g_lab[gt_ids] == q_lab[:b_n]))
-    rows = [["numpy brute force", "-", "-", f"{gallery.nbytes / 2**20:.0f}", f"{brute_qps:,.0f}", "1.0x",
-             "1.0000", f"{rank1_exact:.4f}"]]
-    print(rows[-1], flush=True)
+    brute = {"label": "numpy brute force", "setting": "-", "build": "-", "memory": gallery.nbytes / 2**20,
+             "qps": b_n / seconds, "recall": 1.0, "rank1": float(np.mean(g_lab[gt_ids] == q_lab[:b_n]))}
+    print(brute, flush=True)
+    default = run_default(gallery, g_lab, queries, q_lab, b_n, gt_ids, gt_scores)
+    print(default, flush=True)
+    results = [brute, default]
 
     nlist_pq = 2048 if n >= 200_000 else 1024 if n >= 50_000 else 256
     configs: list[tuple[str, str, IndexOptions, list[tuple[str, IndexOptions]]]] = [
@@ -113,8 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
          [(f"nprobe={p}, rerank 4k", IndexOptions(nprobe=p, rerank=4)) for p in (64, 128, 192, 256)]
          + [("nprobe=256, rerank 8k", IndexOptions(nprobe=256, rerank=8))]),
     ]
-    best: tuple[float, str] | None = None
-    for label, kind, build_options, sweeps in configs:
+    hand_picked: list[dict[str, Any]] = []
+    for label, kind, build_options, sweeps in ([] if args.default_only else configs):
         index = GalleryIndex.build(gallery, g_lab, kind, build_options, show_progress=False)
         memory_mb = index.memory_bytes() / 2**20
         for setting, search_options in sweeps:
@@ -123,32 +159,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             searched = b_n if kind == "flat" else q_n  # exact search costs as much as brute force
             (scores, ids), seconds = timed(
                 lambda: index.search(queries[:searched], 10, show_progress=False, normalised=True))
-            qps = searched / seconds
-            recall = recall_at_1(ids[:b_n], scores[:b_n], gt_ids[:, None], gt_scores[:, None])
-            rank1 = float(np.mean(g_lab[ids[:b_n, 0]] == q_lab[:b_n]))
-            speedup = qps / brute_qps
-            rows.append([label, setting or "-", f"{index.build_seconds:.1f}", f"{memory_mb:.0f}", f"{qps:,.0f}",
-                         f"{speedup:.1f}x", f"{recall:.4f}", f"{rank1:.4f}"])
-            print(rows[-1], flush=True)
-            if kind != "flat" and recall >= GOAL_RECALL and (best is None or speedup > best[0]):
-                best = (speedup, f"{label}, {setting}")
+            hand_picked.append({"label": label, "setting": setting or "-", "build": f"{index.build_seconds:.1f}",
+                                "memory": memory_mb, "qps": searched / seconds, "kind": kind,
+                                "recall": recall_at_1(ids[:b_n], scores[:b_n], gt_ids[:, None], gt_scores[:, None]),
+                                "rank1": float(np.mean(g_lab[ids[:b_n, 0]] == q_lab[:b_n]))})
+            print(hand_picked[-1], flush=True)
         del index
+    results += hand_picked
 
-    goal = f"Goal (recall@1 >= {GOAL_RECALL} at >= {GOAL_SPEEDUP:.0f}x numpy brute force): "
-    if best is None:
-        goal += f"NOT met: no approximate index reached recall {GOAL_RECALL}."
+    # numpy again at the end: the faster of the two timings makes every ratio conservative on a shared box
+    _, seconds_end = timed(lambda: numpy_brute_force(gallery, queries[:b_n]), budget_s=20.0)
+    print(f"numpy brute force: {brute['qps']:,.0f} queries/s at the start, {b_n / seconds_end:,.0f} at the end",
+          flush=True)
+    brute["qps"] = max(brute["qps"], b_n / seconds_end)
+    speedup = default["qps"] / brute["qps"]
+    ok = default["recall"] >= GOAL_RECALL and speedup >= GOAL_SPEEDUP
+    goal = (f"Goal for the default (recall@1 >= {GOAL_RECALL} at >= {GOAL_SPEEDUP:.0f}x numpy brute force, top-1 "
+            f"queries): {'met' if ok else 'NOT met'}: {default['label'].split(': ')[1]}, {default['setting']}: "
+            f"recall@1 {default['recall']:.4f} on {b_n:,} held-out queries at {speedup:.1f}x"
+            + (f" ({default['note']})" if default["note"] else "") + ".\n\nHand-picked settings (top-10 queries): ")
+    reached = [r for r in hand_picked if r["kind"] != "flat" and r["recall"] >= GOAL_RECALL]
+    if args.default_only:
+        goal += "not run (--default-only)."
+    elif not reached:
+        goal += f"no approximate index reached recall {GOAL_RECALL}."
     else:
-        goal += (f"{'met' if best[0] >= GOAL_SPEEDUP else 'NOT met'}; fastest index with recall >= "
-                 f"{GOAL_RECALL}: {best[1]} at {best[0]:.1f}x.")
+        top = max(reached, key=lambda r: r["qps"])
+        goal += (f"fastest index with recall >= {GOAL_RECALL}: {top['label']}, {top['setting']} at "
+                 f"{top['qps'] / brute['qps']:.1f}x.")
     body = (f"Gallery {n:,} x 512 float32 ({n // 2:,} identities x 2 images), {q_n:,} queries searched by each "
-            f"approximate index (top-10); numpy brute force (top-1 argmax) and faiss flat run on the first "
-            f"{b_n:,} queries, which are also the ones recall@1 and rank-1 are measured on. faiss and numpy "
-            f"both use all cores; each speed is the fastest of up to 3 runs (the box is shared). HNSW uses "
+            f"hand-picked approximate index (top-10); numpy brute force (top-1 argmax) and faiss flat run on the "
+            f"first {b_n:,} queries, which are also the ones recall@1 and rank-1 are measured on. faiss and numpy "
+            f"both use all cores; each speed is the fastest of up to 3 runs; numpy brute force is timed at the "
+            f"start and again at the end of the run and the faster timing is used for every ratio. HNSW uses "
             f"M={args.hnsw_m}, efConstruction={args.ef_construction} to keep its build within minutes on 2 "
             f"cores. Memory = serialised index size (for re-ranked indexes it includes the float copy used "
-            f"for re-ranking).\n\n"
+            f"for re-ranking). The default row is the CLI's default: `auto` index, search tuned to recall@1 >= "
+            f"{DEFAULT_TARGET_RECALL} on {TUNE_QUERIES:,} queries outside the measured {b_n:,} (its build time "
+            f"includes the tuning), top-1 queries (k = 1); its recall@1 is on the {b_n:,} held-out queries. "
+            f"The machine (2 cores) was shared with other jobs during this run, so speeds are indicative.\n\n"
             + table(["index", "search setting", "build (s)", "memory (MiB)", "queries/s", "vs numpy",
-                     "recall@1", "rank-1"], rows)
+                     "recall@1", "rank-1"], [_row(r, brute["qps"]) for r in results])
             + f"\n\n{goal}")
     write_section("identification", f"Identification ({n:,} gallery, {q_n:,} queries)", body)
     return 0

@@ -55,7 +55,8 @@ def write_meta(root: Path, shape: dict[str, int], dim: int, seed: int = 0) -> No
     names = [f"{i + 1}.jpg" for i in range(n_img)]
     faceness = rng.uniform(0.3, 1.0, n_img)
     with open(meta / "ijbc_name_5pts_score.txt", "w") as fh:
-        fh.writelines(f"{n} 38.3 51.7 73.5 51.5 56.0 71.7 41.5 92.4 70.7 92.2 {s:.3f}\n" for n, s in zip(names, faceness))
+        points = "38.3 51.7 73.5 51.5 56.0 71.7 41.5 92.4 70.7 92.2"
+        fh.writelines(f"{n} {points} {s:.3f}\n" for n, s in zip(names, faceness))
     with open(meta / "ijbc_face_tid_mid.txt", "w") as fh:
         fh.writelines(f"{n} {ids[t]} {m}\n" for n, t, m in zip(names, img_t.tolist(), img_m.tolist()))
     verif = np.arange(n_enrol, n_t)
@@ -246,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"{ref['times'][stage] / max(ours['times'][stage], 1e-9):.1f}x"])
     rows.append(["peak resident memory up to the end of scoring (MiB)", f"{ref['peak_rss_scoring_mib']:,.0f}",
                  f"{ours['peak_rss_scoring_mib']:,.0f}", "-"])
-    rows.append(["peak resident memory, whole run (MiB; inputs alone)", f"{ref['peak_rss_mib']:,.0f} ({ref['rss_inputs_mib']:,.0f})",
+    rows.append(["peak resident memory, whole run (MiB; inputs alone)",
+                 f"{ref['peak_rss_mib']:,.0f} ({ref['rss_inputs_mib']:,.0f})",
                  f"{ours['peak_rss_mib']:,.0f} ({ours['rss_inputs_mib']:,.0f})", "-"])
     speedup = ref["times"]["total"] / ours["times"]["total"]
     same = score_diff <= GOAL_TOLERANCE and same_tar and same_templates
@@ -258,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = (f"A set of IJB-C's shape ({info['images']:,} images, {info['templates']:,} templates, "
             f"{info['pairs']:,} pairs, {info['genuine']:,} genuine) with random {args.dim}-d features; each "
             f"implementation in its own process on the same arrays, one run each, default test mode "
-            f"(F2/N1/D1); pairs scored in chunks of about 1M (facekd) and batches of 100k (reference). The reference is arcface_torch's eval_ijbc.py loops transcribed in "
+            f"(F2/N1/D1); pairs scored in chunks of about 1M (facekd) and batches of 100k (reference). "
+            f"The reference is arcface_torch's eval_ijbc.py loops transcribed in "
             f"bench/bench_ijb.py. The 2-core machine was shared with other jobs during this run, so "
             f"times are indicative. Reading the meta files with facekd's readers took {read_s:.1f} s "
             f"(not in the table).\n\n"

@@ -18,6 +18,7 @@ from facekd.eval.embed import DEFAULT_BATCH_SIZE, load_model, parse_model_option
 from facekd.eval.identification import (CMC_RANKS, FPIR_TARGETS, GalleryIndex, IdentificationError,
                                         IndexOptions, add_distractors, identification_metrics, index_kinds,
                                         prepare_embeddings, prepare_labels)
+from facekd.eval.identification_tuning import DEFAULT_TARGET_RECALL, TUNE_QUERIES, tuned_index
 from facekd.eval.sources import EmbeddingSet, EmbeddingSourceError, load_embeddings, match_labels_by_name
 from facekd.log import get_logger
 
@@ -50,17 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a faiss factory string such as 'IVF4096,SQ8'")
     p.add_argument("--hnsw-m", type=int, default=IndexOptions.hnsw_m, help="HNSW links per node")
     p.add_argument("--ef-construction", type=int, default=IndexOptions.ef_construction, help="HNSW build beam")
-    p.add_argument("--ef-search", type=int, default=IndexOptions.ef_search, help="HNSW search beam")
-    p.add_argument("--nlist", type=int, default=None, help="IVF lists (default: power of two near 8*sqrt(N))")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query (default: nlist/8, >= 16)")
+    p.add_argument("--ef-search", type=int, default=None,
+                   help=f"HNSW search beam (default: tuned to --target-recall, else {IndexOptions.ef_search})")
+    p.add_argument("--nlist", type=int, default=None,
+                   help="IVF lists (default: power of two near 8*sqrt(N); half that for ivfpq)")
+    p.add_argument("--nprobe", type=int, default=None,
+                   help="IVF lists visited per query (default: tuned to --target-recall, else nlist/8, >= 16)")
     p.add_argument("--rerank", type=int, default=None,
                    help="re-rank RERANK*k candidates of an approximate index with exact scores "
-                        "(0 = off; default: 4 for ivfpq, off otherwise)")
+                        "(0 = off; default: tuned to --target-recall for ivfpq, else 4 for ivfpq, off otherwise)")
+    p.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL,
+                   help="tune an approximate index's search (nprobe / efSearch / re-rank depth) on a sample of the "
+                        "probes: the fastest setting whose top-1 matches exact search on this share of them; exact "
+                        "search when nothing approximate is faster (0 = no tuning; off when any of --nprobe, "
+                        "--ef-search, --rerank is given)")
+    p.add_argument("--tune-queries", type=int, default=TUNE_QUERIES, help="probes sampled to tune the search")
     p.add_argument("--threads", type=int, default=None, help="faiss threads (default: all cores)")
     p.add_argument("--save-index", default=None, help="directory to save the built index (and labels) to")
     p.add_argument("--load-index", default=None, help="directory of a saved index to search instead of building")
-    p.add_argument("--recall-queries", type=int, default=None,
-                   help="probes used for the recall@1 check against exact search (default: all)")
+    p.add_argument("--recall-queries", type=int, default=2000,
+                   help="probes (not used for tuning, when there are enough) used to measure the top-1 search's "
+                        "recall@1 against exact search")
     p.add_argument("--no-recall", action="store_true", help="skip the exact-search recall check")
     p.add_argument("--candidates", type=int, default=50,
                    help="gallery hits retrieved per probe (identities are ranked among them)")
@@ -93,8 +104,15 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"TPIR@FPIR={key}: {v['tpir']:.5f} (FPIR {v['fpir']:.5f}, threshold {v['threshold']:.4f})")
     for key, why in result["tpir_at_fpir_skipped"].items():
         lines.append(f"TPIR@FPIR={key}: n/a ({why})")
+    tuning = result.get("search_tuning", {})
+    if "setting" in tuning:
+        chosen = ", ".join(f"{k}={v}" for k, v in tuning["setting"].items()) or "exact search"
+        lines.append(f"search tuned to recall@1 >= {tuning['target_recall']} on {tuning['queries']} probes: "
+                     f"{tuning['index']} {chosen} ({tuning['speedup_vs_exact']:.1f}x exact search"
+                     + (f"; {tuning['fallback']}" if tuning["fallback"] else "") + ")")
     if "recall_at_1" in result:
-        lines.append(f"recall@1 vs exact search: {result['recall_at_1']:.5f} on {result['recall_queries']} queries")
+        lines.append(f"recall@1 of the top-1 search vs exact search: {result['recall_at_1']:.5f} on "
+                     f"{result['recall_queries']} queries")
     return "\n".join(lines)
 
 
@@ -106,6 +124,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (IdentificationError, EmbeddingSourceError, *user_errors()) as err:
         print(f"facekd.eval.identify: {err}", file=sys.stderr)
         return 2
+
+
+def _tune(args: argparse.Namespace, index: GalleryIndex, gallery: np.ndarray | None,
+          probes: np.ndarray) -> tuple[GalleryIndex, dict[str, Any], np.ndarray | None]:
+    """Tune the index's search to --target-recall when that applies; (index, what was done, tuning rows)."""
+    explicit = [f for f, v in (("--nprobe", args.nprobe), ("--ef-search", args.ef_search), ("--rerank", args.rerank))
+                if v is not None]
+    why = ("exact index" if index.kind == "flat" else "--target-recall 0" if args.target_recall <= 0 else
+           f"search set by {', '.join(explicit)}" if explicit else
+           "no gallery embeddings for exact search (give --gallery with --load-index)" if gallery is None else None)
+    if why is not None:
+        return index, {"skipped": why, "index": index.kind}, None
+    index, tuning, rows = tuned_index(index, gallery, probes, args.target_recall, args.tune_queries)
+    return index, tuning.as_dict(), rows
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -122,7 +154,8 @@ def _run(args: argparse.Namespace) -> int:
             extra = _load_source(args.distractors, None, model, args.batch_size, "distractors", need_labels=False)
             gallery, gallery_labels = add_distractors(gallery, gallery_labels, extra.embeddings)
             log.info("gallery with distractors: %d vectors", gallery.shape[0])
-    options = IndexOptions(hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search,
+    options = IndexOptions(hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
+                           ef_search=args.ef_search if args.ef_search is not None else IndexOptions.ef_search,
                            nlist=args.nlist, nprobe=args.nprobe, rerank=args.rerank, threads=args.threads)
     if args.load_index:
         index = GalleryIndex.load(args.load_index)
@@ -131,14 +164,17 @@ def _run(args: argparse.Namespace) -> int:
                                       f"{args.load_index} holds {index.size}")
     else:
         index = GalleryIndex.build(gallery, gallery_labels, args.index, options, names=gallery_set.names)
-        if args.save_index:
-            log.info("saved index to %s", index.save(args.save_index))
     probe_set = _load_source(args.probes, args.probe_labels, model, args.batch_size, "probe")
     probes = probe_set.embeddings
+    index, tuning, tune_rows = _tune(args, index, gallery, probes)
+    if args.save_index and not args.load_index:
+        log.info("saved index to %s", index.save(args.save_index))
     probe_labels = match_labels_by_name(EmbeddingSet(probes[:0], None, index.names), probe_set)
     result = identification_metrics(index, probes, probe_labels, CMC_RANKS, FPIR_TARGETS,
                                     gallery_for_exact=None if args.no_recall else gallery,
-                                    recall_queries=args.recall_queries, candidates=args.candidates)
+                                    recall_queries=args.recall_queries, candidates=args.candidates,
+                                    recall_exclude=tune_rows)
+    result["search_tuning"] = tuning
     result["index_memory_bytes"] = index.memory_bytes()
     result["index_build_seconds"] = index.build_seconds
     print(format_report(result))
