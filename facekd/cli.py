@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "classify": ("facekd.pipelines.classify", "classification teachers, students and SRD (CIFAR, folders)"),
     "verify": ("facekd.eval.verify", "verification accuracy on .bin sets (LFW, CFP-FP, AgeDB-30)"),
     "identify": ("facekd.eval.identify", "1:N identification with faiss (CMC, TPIR@FPIR)"),
+    "export": ("facekd.export", "fp32/fp16/int8 ONNX with latency + accuracy report; insightface pack"),
     "ijb": ("facekd.eval.ijb", "IJB-B / IJB-C TAR@FAR and 1:N as arcface_torch / insightface report them"),
     "demo": ("facekd.pipelines.demo", "the whole story on synthetic identities, CPU-sized"),
 }

@@ -5,9 +5,16 @@
 flip are embedded, the two embeddings added, then L2-normalised (the insightface protocol).
 ``load_model`` opens a facekd checkpoint, an arcface_torch backbone.pth (with its architecture
 name) or an ``.onnx`` file.
+
+``FaceEmbedder`` is the one public embedding API on top of these: ``.embed(aligned)`` for aligned
+crops (arrays or image paths) and ``.embed_photos(paths, detector=...)`` for photos, which are
+detected and aligned by facekd.data_prep's detectors and ``align_face``. verify, identify and the
+export report all embed through it, so every path shares this module's preprocessing.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -187,7 +194,11 @@ def read_dataset_images(dataset: FaceDataset, indices: Sequence[int] | None = No
 def embed_dataset(model: Any, dataset: FaceDataset, batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True,
                   device: str | torch.device | None = None, desc: str = "embedding",
                   show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings [N, D], labels [N]) of every image of a dataset (.rec reader or image folder), in blocks."""
+    """(embeddings [N, D], labels [N]) of every image of a dataset (.rec reader or image folder), in blocks.
+
+    ``model`` may be a ``FaceEmbedder``: its own flip, batch size and device are then used."""
+    if isinstance(model, FaceEmbedder):
+        batch_size, flip, device, model = model.batch_size, model.flip, model.device, model.model
     n = len(dataset)
     if n == 0:
         raise EmbeddingError(f"{desc}: the dataset holds no images")
@@ -202,3 +213,145 @@ def embed_dataset(model: Any, dataset: FaceDataset, batch_size: int = DEFAULT_BA
         bar.update(images.shape[0])
     bar.close()
     return np.concatenate(embs), np.concatenate(labels)
+
+
+# ----------------------------------------------------------------------------- the public API
+ImageInput = np.ndarray | str | PathLike[str]
+
+
+@dataclass
+class PhotoFace:
+    """One face found in a photo: its box (x0, y0, x1, y1), 5 landmarks (x, y), detector score,
+    the aligned crop and its L2-normalised embedding."""
+
+    photo: str
+    box: np.ndarray
+    landmarks: np.ndarray
+    score: float
+    embedding: np.ndarray
+    crop: np.ndarray
+
+
+def _read_image(path: str | PathLike[str]) -> np.ndarray:
+    from facekd.data.errors import DataFileNotFoundError
+    from facekd.data_prep.photos import read_photo
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataFileNotFoundError(p, "image file")
+    return read_photo(p)
+
+
+def _as_batch(aligned: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+    """uint8 [N, H, W, 3] from one array, an [N, H, W, 3] array, or a list of arrays / image paths."""
+    if isinstance(aligned, (str, PathLike)):
+        return _read_image(aligned)[None]
+    if isinstance(aligned, np.ndarray):
+        return _check_images(aligned[None] if aligned.ndim == 3 else aligned)
+    images = [_read_image(a) if isinstance(a, (str, PathLike)) else np.asarray(a) for a in aligned]
+    if not images:
+        raise EmbeddingError("no images to embed")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        size = images[0].shape[:2]
+        log.info("aligned crops of different sizes %s: resizing to %dx%d", sorted(shapes)[:3], *size)
+        images = [im if im.shape[:2] == size else resize_images(im[None], size)[0] for im in images]
+    return _check_images(np.stack(images))
+
+
+class FaceEmbedder:
+    """One embedding API: L2-normalised float32 embeddings of aligned crops or of faces in photos.
+
+    ``model`` is a file (facekd checkpoint, arcface_torch backbone.pth with ``arch``, or .onnx) or
+    an already loaded model; embeddings are flip-summed (``flip``) then normalised, as insightface
+    evaluates. ``options`` are builder options of a plain torch weights file (width, input_size...).
+    """
+
+    def __init__(self, model: Any, arch: str | None = None, device: str | torch.device | None = None,
+                 flip: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, **options: Any) -> None:
+        if isinstance(model, FaceEmbedder):
+            model = model.model
+        elif isinstance(model, (str, PathLike)):
+            model = load_model(model, arch, **options)
+        elif options or arch is not None:
+            raise EmbeddingError("arch/options apply to a model file, not to an already built model")
+        if batch_size < 1:
+            raise EmbeddingError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.flip = bool(flip)
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device) if device is not None else default_device(model)
+        self._detectors: dict[Any, Any] = {}
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(height, width) the model takes; None when the model does not say."""
+        return model_input_size(self.model)
+
+    def __repr__(self) -> str:
+        return f"FaceEmbedder({type(self.model).__name__}, input {self.input_size}, flip={self.flip})"
+
+    def embed(self, aligned: ImageInput | Sequence[ImageInput], normalise: bool = True,
+              desc: str = "embedding", show_progress: bool = False) -> np.ndarray:
+        """Embeddings float32 [N, D] of aligned RGB uint8 crops (an array, [N, H, W, 3], or image paths)."""
+        return embed_images(self.model, _as_batch(aligned), batch_size=self.batch_size, flip=self.flip,
+                            device=self.device, normalise=normalise, desc=desc, show_progress=show_progress)
+
+    def __call__(self, aligned: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """Same as ``embed``."""
+        return self.embed(aligned)
+
+    def _detector(self, detector: Any, min_score: float, det_size: int) -> Any:
+        from facekd.data_prep.detectors import DetectorSpec, build_detector
+
+        if hasattr(detector, "detect"):
+            return detector
+        text = str(detector)
+        spec = (DetectorSpec("scrfd", text, min_score, det_size) if text.lower().endswith(".onnx")
+                else DetectorSpec(text, None, min_score, det_size))
+        if spec not in self._detectors:
+            self._detectors[spec] = build_detector(spec)
+        return self._detectors[spec]
+
+    def align_size(self) -> int:
+        """Crop side for alignment: the model's input when norm_crop supports it, else 112 (then resized)."""
+        size = self.input_size
+        side = size[0] if size is not None and size[0] == size[1] else 112
+        return side if side % 112 == 0 or side % 128 == 0 else 112
+
+    def embed_photos(self, paths: ImageInput | Sequence[ImageInput], detector: Any = "mtcnn",
+                     min_score: float = 0.9, det_size: int = 640, max_side: int = 1280) -> list[list[PhotoFace]]:
+        """Per photo, every face found (box, 5 landmarks, score, embedding), aligned with
+        ``facekd.data_prep.align.align_face``. ``detector``: "mtcnn", an insightface detection
+        .onnx file (SCRFD/RetinaFace layout) or an object with ``detect(rgb) -> [Face]``."""
+        from facekd.data_prep.align import align_face
+
+        items = [paths] if isinstance(paths, (str, PathLike, np.ndarray)) and not (
+            isinstance(paths, np.ndarray) and paths.ndim == 4) else list(paths)
+        det = self._detector(detector, min_score, det_size)
+        side = self.align_size()
+        found: list[list[tuple[Any, np.ndarray]]] = []
+        crops: list[np.ndarray] = []
+        for item in items:
+            image = _read_image(item) if isinstance(item, (str, PathLike)) else _check_images(np.asarray(item)[None])[0]
+            h, w = image.shape[:2]
+            scale = min(1.0, max_side / max(h, w))
+            if scale < 1.0:
+                small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+                faces = [f.scaled(1.0 / scale) for f in det.detect(small)]
+            else:
+                faces = det.detect(image)
+            found.append([(f, align_face(image, f.landmarks, side)) for f in faces])
+            crops += [c for _, c in found[-1]]
+        emb = self.embed(np.stack(crops)) if crops else np.zeros((0, 0), np.float32)
+        out: list[list[PhotoFace]] = []
+        k = 0
+        for item, faces in zip(items, found):
+            name = str(item) if isinstance(item, (str, PathLike)) else "<array>"
+            row = []
+            for face, crop in faces:
+                row.append(PhotoFace(name, np.asarray(face.box, np.float64), np.asarray(face.landmarks, np.float64),
+                                     float(face.score), emb[k], crop))
+                k += 1
+            out.append(row)
+        return out

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from facekd.eval.embed import DEFAULT_BATCH_SIZE, load_model, parse_model_options, user_errors
+from facekd.eval.embed import DEFAULT_BATCH_SIZE, FaceEmbedder, parse_model_options, user_errors
 from facekd.eval.identification import (CMC_RANKS, FPIR_TARGETS, GalleryIndex, IdentificationError,
                                         IndexOptions, add_distractors, identification_metrics, index_kinds,
                                         prepare_embeddings, prepare_labels)
@@ -145,7 +145,8 @@ def _run(args: argparse.Namespace) -> int:
         raise IdentificationError("give --gallery (to build an index) or --load-index")
     if args.load_index and args.distractors:
         raise IdentificationError("--distractors cannot be added to a loaded index; rebuild it")
-    model = load_model(args.model, args.arch, **parse_model_options(args.model_option)) if args.model else None
+    model = (FaceEmbedder(args.model, args.arch, batch_size=args.batch_size,
+                          **parse_model_options(args.model_option)) if args.model else None)
     gallery: np.ndarray | None = None
     if args.gallery:
         gallery_set = _load_source(args.gallery, args.gallery_labels, model, args.batch_size, "gallery")

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from facekd.eval.embed import DEFAULT_BATCH_SIZE, embed_images, load_model, parse_model_options, user_errors
+from facekd.eval.embed import DEFAULT_BATCH_SIZE, FaceEmbedder, parse_model_options, user_errors
 from facekd.eval.verification import (TAR_FAR_TARGETS, VerificationInputError, evaluate, far_key,
                                       pair_distances, roc_points)
 from facekd.log import get_logger
@@ -60,11 +60,14 @@ def load_sets(paths: Sequence[str | Path], image_size: int | tuple[int, int] | N
 def verify_model(model: Any, sets: Sequence[VerificationSet], batch_size: int = DEFAULT_BATCH_SIZE,
                  device: str | None = None, nfolds: int = 10, flip: bool = True,
                  show_progress: bool = True) -> list[SetResult]:
-    """Embed every set (flip-summed, normalised) and compute all verification metrics."""
+    """Embed every set (flip-summed, normalised, through ``FaceEmbedder``) and compute all
+    verification metrics. ``model`` is a loaded model or a ``FaceEmbedder`` (whose settings
+    then replace batch_size/device/flip)."""
+    embedder = model if isinstance(model, FaceEmbedder) else FaceEmbedder(model, device=device, flip=flip,
+                                                                          batch_size=batch_size)
     results = []
     for vs in sets:
-        emb = embed_images(model, vs.images, batch_size=batch_size, flip=flip, device=device,
-                           desc=vs.name, show_progress=show_progress)
+        emb = embedder.embed(vs.images, desc=vs.name, show_progress=show_progress)
         metrics = evaluate(emb, vs.issame, nfolds=nfolds)
         log.info("[%s]Accuracy-Flip: %1.5f+-%1.5f", vs.name, metrics["accuracy"], metrics["accuracy_std"])
         results.append(SetResult(vs.name, metrics, pair_distances(emb), vs.issame))
@@ -157,9 +160,9 @@ def _run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise VerificationInputError(f"verification file(s) not found: {', '.join(missing)}")
-    model = load_model(args.model, args.arch, **parse_model_options(args.model_option))
-    results = verify_model(model, load_sets(paths), batch_size=args.batch_size, device=args.device,
-                           nfolds=args.nfolds, flip=not args.no_flip)
+    embedder = FaceEmbedder(args.model, args.arch, device=args.device, flip=not args.no_flip,
+                            batch_size=args.batch_size, **parse_model_options(args.model_option))
+    results = verify_model(embedder, load_sets(paths), nfolds=args.nfolds)
     print(format_table(results))
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / "verification"
     files = write_outputs(results, out, {"model": str(args.model), "arch": args.arch, "flip": not args.no_flip,
