@@ -484,6 +484,7 @@ def _build_part(root: Path, manifest: Mapping[str, Any], p: int, teacher: Embedd
     start, stop = manifest["parts"][p]
     rows, d = int(manifest["chunk_rows"]), int(manifest["teacher"]["embedding_size"])
     chunks = _chunks(manifest, p)
+    root.mkdir(parents=True, exist_ok=True)  # another node's rank sees rank 0's folder only on a shared filesystem
     array_path, done_path = root / f"{_part_name(p)}.f16", root / f"{_part_name(p)}.done"
     expected = (stop - start) * 2 * d * np.dtype(DTYPE).itemsize
     if not array_path.exists() or array_path.stat().st_size != expected:

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facekd.config import ConfigError, field
-from facekd.engine import distributed as fdist
 from facekd.engine.config import TrainConfig, parse_training_config
 from facekd.engine.distributed import DistInfo
 from facekd.engine.task import TrainTask
