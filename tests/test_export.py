@@ -20,11 +20,13 @@ from facekd.export.errors import ExportInputError
 from facekd.export.latency import measure_latency
 from facekd.export.variants import float16_weights_for_float_convs, grouped_conv_nodes
 
-from _face_fixtures import LANDMARKS64, STUDENT_OPTIONS, face_photo, fake_scrfd, recognition_onnx, tiny_student
+from _face_fixtures import (LANDMARKS64, SMALL_OPTIONS, STUDENT_OPTIONS, face_photo, fake_scrfd, recognition_onnx,
+                            tiny_student)
 
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning",
                                         "ignore::UserWarning")
 MODEL_ARGS = ["--arch", "mbf"] + [a for k, v in STUDENT_OPTIONS.items() for a in ("--model-option", f"{k}={v}")]
+SMALL_ARGS = ["--arch", "mbf"] + [a for k, v in SMALL_OPTIONS.items() for a in ("--model-option", f"{k}={v}")]
 FAST = ["--latency-runs", "3", "--latency-seconds", "0.2", "--batch-size", "32", "--check-images", "24"]
 FASTEST = ["--latency-runs", "2", "--latency-seconds", "0.1", "--batch-size", "32", "--check-images", "16"]
 
@@ -41,15 +43,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     calib.mkdir()
     for i in range(24):
         cv2.imwrite(str(calib / f"{i}.png"), cv2.cvtColor(faces.render(1000 + i, 0), cv2.COLOR_RGB2BGR))
+    small = tiny_student(root / "small.pth", options=SMALL_OPTIONS)
     return {"root": root, "model": root / "backbone.pth", "bin": root / "val.bin", "calib": calib,
-            "torch": model}
+            "torch": model, "small": root / "small.pth", "small_torch": small}
 
 
 def test_export_writes_checked_variants_and_the_report(files, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     # --allow-drift: untrained weights amplify int8 rounding (cosine ~0.98 with torch, measured on
     # several seeds and widths); trained students pass the 0.99 gate (bench/bench_export.py)
-    code = main(["--model", str(files["model"]), *MODEL_ARGS, "--out", str(out), "--precision", "fp32,fp16,int8",
+    code = main(["--model", str(files["small"]), *SMALL_ARGS, "--out", str(out), "--precision", "fp32,fp16,int8",
                  "--calib", str(files["calib"]), "--calib-images", "24", "--bins", str(files["bin"]), *FAST,
                  "--allow-drift"])
     assert code == 0, capsys.readouterr().err
@@ -59,7 +62,7 @@ def test_export_writes_checked_variants_and_the_report(files, tmp_path, capsys) 
     for name in ("fp32", "fp16", "int8"):
         path = out / f"model_{name}.onnx"
         assert rows[name]["file_bytes"] == path.stat().st_size
-        assert rows[name]["parameters"] == sum(p.numel() for p in files["torch"].parameters())
+        assert rows[name]["parameters"] == sum(p.numel() for p in files["small_torch"].parameters())
         assert rows[name]["macs"] > 0
         (b1, b32) = rows[name]["latency"]
         assert (b1["batch"], b1["threads"], b32["batch"]) == (1, 1, 32) and b1["runs"] == 3 and b32["runs"] == 1
@@ -86,18 +89,18 @@ def test_export_writes_checked_variants_and_the_report(files, tmp_path, capsys) 
     assert "| int8 |" in md and "## Verification" in md and (out / "accuracy_latency.png").stat().st_size > 1000
     assert report["meta"]["calibration"].endswith("(24 images)")
     # the variant embeds through FaceEmbedder like any model file
-    crops = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
-    cos = np.sum(FaceEmbedder(out / "model_int8.onnx").embed(crops) * FaceEmbedder(files["torch"]).embed(crops), 1)
+    crops = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    cos = np.sum(FaceEmbedder(out / "model_int8.onnx").embed(crops) * FaceEmbedder(files["small_torch"]).embed(crops), 1)
     assert cos.min() > 0.95
 
 
 def test_qdq_recipe_and_teacher_row(files, tmp_path) -> None:
     teacher = tmp_path / "teacher.pth"
-    tiny_student(teacher, seed=1)
+    tiny_student(teacher, seed=1, options=SMALL_OPTIONS)
     out = tmp_path / "out"
-    assert main(["--model", str(files["model"]), *MODEL_ARGS, "--out", str(out), "--precision", "int8_qdq",
-                 "--calib", "synthetic:ids=4,per_id=4,size=112", "--calib-images", "16", "--teacher", str(teacher),
-                 "--teacher-arch", "mbf", *[a for k, v in STUDENT_OPTIONS.items()
+    assert main(["--model", str(files["small"]), *SMALL_ARGS, "--out", str(out), "--precision", "int8_qdq",
+                 "--calib", "synthetic:ids=4,per_id=4,size=64", "--calib-images", "16", "--teacher", str(teacher),
+                 "--teacher-arch", "mbf", *[a for k, v in SMALL_OPTIONS.items()
                                             for a in ("--teacher-option", f"{k}={v}")], *FASTEST,
                  "--allow-drift"]) == 0  # QDQ on untrained weights drifts a little more (cos ~0.98)
     rows = {v["name"]: v for v in json.loads((out / "report.json").read_text())["variants"]}
@@ -139,7 +142,7 @@ def test_int8_without_calibration_stops_before_any_work(files, tmp_path, capsys)
 
 
 def test_bad_inputs_are_named(files, tmp_path, capsys) -> None:
-    base = ["--model", str(files["model"]), *MODEL_ARGS, "--out", str(tmp_path / "o"), "--no-latency",
+    base = ["--model", str(files["small"]), *SMALL_ARGS, "--out", str(tmp_path / "o"), "--no-latency",
             "--precision", "fp32"]
     cases = [
         (["--precision", "int4"], "unknown int4"),
@@ -169,7 +172,7 @@ def test_drift_fails_with_the_figures_unless_allowed(files, tmp_path, capsys) ->
     black.mkdir()
     for i in range(8):  # calibrating on blank frames leaves real faces outside the int8 ranges
         cv2.imwrite(str(black / f"{i}.png"), np.zeros((112, 112, 3), np.uint8))
-    args = ["--model", str(files["model"]), *MODEL_ARGS, "--out", str(tmp_path / "o"), "--precision", "int8",
+    args = ["--model", str(files["small"]), *SMALL_ARGS, "--out", str(tmp_path / "o"), "--precision", "int8",
             "--calib", str(black), "--calib-images", "8", "--no-latency", "--check-images", "16"]
     assert main(args) == 2
     err = capsys.readouterr().err
