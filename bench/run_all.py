@@ -19,6 +19,7 @@ from pathlib import Path
 RUN_SEPARATELY = {
     "bench_binary": "python -m bench.bench_binary --jobs 3   (3 seeds x 5 students; about 7 min on one H200)",
     "bench_distill_accuracy": "python -m bench.bench_distill_accuracy   (19 training runs; about 40 min on 2 cores)",
+    "bench_export": "python -m bench.bench_export   (trains a student, exports and times 8 models; about 20 min on 2 cores)",
     "bench_scale": "python -m bench.bench_scale   (93k-identity RecordIO, 2 torchrun x2 runs; about 15 min on 2 cores)",
 }
 """Benchmarks run on their own (GPU-sized, or longer than the rest together), with their command."""
