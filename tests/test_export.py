@@ -148,6 +148,7 @@ def test_bad_inputs_are_named(files, tmp_path, capsys) -> None:
         (["--precision", "int4"], "unknown int4"),
         (["--detector", str(recognition_onnx(tmp_path / "rec.onnx")), "--pack", "p"], "not a face detector"),
         (["--pack", "p"], "go together"),
+        (["--pack", "p", "--detector", str(fake_scrfd(tmp_path / "det.onnx"))], "only loads recognition models"),
         (["--bins", str(tmp_path / "lfw.bin")], "lfw.bin: verification .bin not found"),
         (["--precision", "int8", "--calib", str(files["bin"]), "--bins", str(files["bin"])], "also a --bins file"),
     ]

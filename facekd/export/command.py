@@ -183,6 +183,9 @@ def run_export(o: ExportOptions) -> list[VariantResult]:
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(o.model, o.arch, **o.model_options)
     size = int(getattr(model, "input_size"))
+    if o.pack and (size < 112 or size % 16):
+        raise ExportInputError(f"--pack: {o.model} takes {size} px crops; insightface's FaceAnalysis only loads "
+                               "recognition models of at least 112 px divisible by 16 (export a 112 px model)")
     calib = None
     if any(is_int8(p) for p in precisions):
         calib = read_calibration_images(o.calib, o.calib_images, (size, size), report_files=o.bins)
