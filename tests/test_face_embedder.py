@@ -105,3 +105,21 @@ def test_bad_input_is_named(student, tmp_path) -> None:
         embedder.embed([tmp_path / "missing.png"])
     with pytest.raises(EmbeddingError, match="model file"):
         FaceEmbedder(model, arch="mbf")
+
+
+@pytest.mark.slow
+def test_embed_photos_with_mtcnn_finds_every_face_of_a_real_photo(student) -> None:
+    from facekd.data_prep.align import align_face
+    from facekd.data_prep.photos import read_photo
+
+    t1 = Path(__import__("insightface").__file__).parent / "data" / "images" / "t1.jpg"  # 6 people
+    model, _ = student
+    embedder = FaceEmbedder(model)
+    (faces,) = embedder.embed_photos([t1])  # detector="mtcnn", weights inside facenet-pytorch
+    assert len(faces) == 6 and all(f.score >= 0.9 and f.landmarks.shape == (5, 2) for f in faces)
+    photo = read_photo(t1)
+    for f in faces:  # the crop is align's crop of the photo at the detected landmarks
+        np.testing.assert_array_equal(f.crop, align_face(photo, f.landmarks, 112))
+    emb = np.stack([f.embedding for f in faces])
+    np.testing.assert_allclose(emb, embedder.embed(np.stack([f.crop for f in faces])), atol=1e-5)
+    assert np.max(np.abs(emb @ emb.T - np.eye(6))) < 1.0  # six different faces, unit vectors
