@@ -15,6 +15,8 @@ from facekd.distill.losses.registry import (InvalidLossOptionError, LossError, U
 from facekd.distill.outputs import DistillInputError, StudentOutput, TeacherOutput
 
 S = 64.0
+BN_FORM = {"connector": "bn", "feat_norm": "none", "logit_norm": "none"}
+"""SRD's earlier face form (Linear + BN1d connector, raw logit and feature MSE), still an option."""
 
 
 def batch_of(n: int, labeled: list[bool] | None = None) -> Batch:
@@ -81,7 +83,7 @@ def t64(a: np.ndarray, grad: bool = False) -> torch.Tensor:
 def test_srd_face_matches_hand_computation(face_case: dict, mode: str, subset: bool) -> None:
     f = face_case
     loss = build_loss("srd", "face", student_dim=f["ds"], teacher_dim=f["dt"], mode=mode, T=3.0, beta=0.7,
-                      lambda_f=2.0)
+                      lambda_f=2.0, **BN_FORM)
     w, g, b = set_embedding_connector(loss.connector, f["rng"])
     centres = torch.tensor([0, 4, 8, 2]) if subset else None
     terms = loss(StudentOutput(embedding=t64(f["e_s"])),
@@ -98,9 +100,28 @@ def test_srd_face_matches_hand_computation(face_case: dict, mode: str, subset: b
     assert terms["srd/feat"].item() == pytest.approx(0.7 * 2.0 * want_feat, rel=1e-4)
 
 
+def test_srd_face_default_form_matches_hand_computation(face_case: dict) -> None:
+    """Defaults: angle connector (Q e/|e|), 2 - 2cos feature term, logit MSE times D_t / s^2, beta 8."""
+    f = face_case
+    loss = build_loss("srd", "face", student_dim=f["ds"], teacher_dim=f["dt"])
+    q = loss.connector.matrix().detach().numpy().astype(np.float64)
+    assert np.allclose(q.T @ q, np.eye(f["ds"]), atol=1e-5)
+    terms = loss(StudentOutput(embedding=t64(f["e_s"])),
+                 TeacherOutput(embedding=t64(f["e_t"]), critic=CosineCritic(t64(f["W"]), S)), batch_of(f["n"]))
+    phi = np_normalize(f["e_s"]) @ q.T
+    cos_hat = np_normalize(phi) @ np_normalize(f["W"]).T
+    cos_t = np_normalize(f["e_t"]) @ np_normalize(f["W"]).T
+    want_logits = 8.0 * f["dt"] * np.mean((cos_hat - cos_t) ** 2)
+    want_feat = 8.0 * np.mean(2 - 2 * (np_normalize(phi) * np_normalize(f["e_t"])).sum(1))
+    assert terms["srd/logits"].item() == pytest.approx(want_logits, rel=1e-4)
+    assert terms["srd/feat"].item() == pytest.approx(want_feat, rel=1e-4)
+    with pytest.raises(InvalidLossOptionError, match="feat_norm=l2, or connector=bn"):
+        build_loss("srd", "face", student_dim=f["ds"], teacher_dim=f["dt"], feat_norm="none")
+
+
 def test_srd_face_l2_feature_term(face_case: dict) -> None:
     f = face_case
-    loss = build_loss("srd", "face", student_dim=f["ds"], teacher_dim=f["dt"], feat_norm="l2")
+    loss = build_loss("srd", "face", student_dim=f["ds"], teacher_dim=f["dt"], connector="bn", feat_norm="l2", beta=1.0)
     w, g, b = set_embedding_connector(loss.connector, f["rng"])
     terms = loss(StudentOutput(embedding=t64(f["e_s"])),
                  TeacherOutput(embedding=t64(f["e_t"]), critic=CosineCritic(t64(f["W"]))), batch_of(f["n"]))
@@ -255,7 +276,7 @@ def test_srrl_uses_labeled_rows_only_and_equals_srd_on_them(face_case: dict) -> 
     mask = [True, False, True, True, False, True]
     critic = CosineCritic(t64(f["W"]))
     srrl = build_loss("srrl", "face", student_dim=f["ds"], teacher_dim=f["dt"], alpha=3.0)
-    srd = build_loss("srd", "face", student_dim=f["ds"], teacher_dim=f["dt"], lambda_f=3.0)
+    srd = build_loss("srd", "face", student_dim=f["ds"], teacher_dim=f["dt"], lambda_f=3.0, beta=1.0, **BN_FORM)
     srd.connector.load_state_dict(srrl.connector.state_dict())
     rows = torch.tensor([i for i, m in enumerate(mask) if m])
     got = srrl(StudentOutput(embedding=t64(f["e_s"])), TeacherOutput(embedding=t64(f["e_t"]), critic=critic),
@@ -295,7 +316,8 @@ def test_build_losses_applies_weights_to_every_term(face_case: dict) -> None:
     for key, weight in (("srd/logits", 2.0), ("srd/feat", 2.0), ("kd/kl", 0.5)):
         assert got[key].item() == pytest.approx(weight * single[key].item(), rel=1e-5)
     n_params = sum(p.numel() for p in combo.parameters())
-    assert n_params == 2 * (f["ds"] * f["dt"] + 2 * f["dt"])  # two connectors: the trainable parts
+    # the trainable parts: srd's angle connector (a free [D_t, D_s] matrix) and kd's Linear + BN1d
+    assert n_params == f["ds"] * f["dt"] + (f["ds"] * f["dt"] + 2 * f["dt"])
 
 
 def test_registry_errors_are_clear() -> None:
@@ -320,3 +342,78 @@ def test_registry_errors_are_clear() -> None:
     with pytest.raises(DistillInputError, match="needs the teacher's critic"):
         build_loss("srd", "face", student_dim=4, teacher_dim=4)(
             StudentOutput(embedding=torch.randn(3, 4)), TeacherOutput(embedding=torch.randn(3, 4)), batch_of(3))
+
+
+# ---------------------------------------------------------------- the angle connector and scale-free logits
+def test_angle_connector_preserves_angles_whatever_the_weight_scale() -> None:
+    from facekd.distill.connectors import AngleConnector
+
+    for d_s, d_t in ((5, 7), (7, 7)):
+        conn = AngleConnector(d_s, d_t)
+        x = torch.randn(9, d_s) * 3.0
+        phi = conn(x)
+        xn = torch.nn.functional.normalize(x, dim=1)
+        assert torch.allclose(phi.norm(dim=1), torch.ones(9), atol=1e-5)
+        assert torch.allclose(phi @ phi.t(), xn @ xn.t(), atol=1e-5)
+        # weight decay shrinks the free matrix; the map (its orthonormal factor) does not change
+        before = conn(x).detach()
+        with torch.no_grad():
+            conn.weight.mul_(1e-3)
+        assert torch.allclose(conn(x), before, atol=1e-5)
+
+
+def test_angle_connector_trains_under_sgd_with_weight_decay() -> None:
+    from facekd.distill.connectors import AngleConnector
+
+    torch.manual_seed(0)
+    conn = AngleConnector(4, 6)
+    target = torch.nn.functional.normalize(torch.randn(6, 4), dim=0)  # an isometry to learn
+    x = torch.randn(64, 4)
+    want = torch.nn.functional.normalize(x, dim=1) @ target.t()
+    opt = torch.optim.SGD(conn.parameters(), lr=0.5, weight_decay=5e-2)
+    first = None
+    for _ in range(300):
+        loss = (conn(x) - want).pow(2).sum(1).mean()
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+    q = conn.matrix()
+    assert torch.allclose(q.t() @ q, torch.eye(4), atol=1e-4)  # still an isometry
+
+
+def test_srd_unit_logit_norm_is_the_mse_over_s2_times_d(face_case: dict) -> None:
+    f = face_case
+    vals = {}
+    for s in (16.0, 64.0):
+        loss = build_loss("srd", "face", student_dim=f["ds"], teacher_dim=f["dt"], connector="angle",
+                          logit_norm="unit", beta=1.0, lambda_f=0.0)
+        torch.manual_seed(1)
+        loss.connector.weight.data.copy_(torch.nn.init.orthogonal_(torch.empty_like(loss.connector.weight)))
+        terms = loss(StudentOutput(embedding=t64(f["e_s"])),
+                     TeacherOutput(embedding=t64(f["e_t"]), critic=CosineCritic(t64(f["W"]), s)), batch_of(f["n"]))
+        phi = loss.connector(t64(f["e_s"])).detach().numpy().astype(np.float64)
+        cos_hat = np_normalize(phi) @ np_normalize(f["W"]).T
+        cos_t = np_normalize(f["e_t"]) @ np_normalize(f["W"]).T
+        assert terms["srd/logits"].item() == pytest.approx(f["dt"] * np.mean((cos_hat - cos_t) ** 2), rel=1e-4)
+        vals[s] = terms["srd/logits"].item()
+    assert vals[16.0] == pytest.approx(vals[64.0], rel=1e-5)  # the logit scale s no longer weighs the term
+
+
+def test_srd_unit_logit_norm_does_not_grow_with_the_class_count() -> None:
+    """mean_c (w_c . d)^2 * D = |d|^2 for centres spread over the sphere: 100 or 20,000 classes alike."""
+    torch.manual_seed(0)
+    d, n = 32, 64
+    student = torch.nn.functional.normalize(torch.randn(n, d), dim=1)
+    teacher = torch.nn.functional.normalize(student + 0.3 * torch.randn(n, d), dim=1)
+    direct = (student - teacher).pow(2).sum(1).mean().item()
+    for classes in (100, 20000):
+        loss = build_loss("srd", "face", student_dim=d, teacher_dim=d, connector="angle", logit_norm="unit",
+                          beta=1.0, lambda_f=0.0)
+        with torch.no_grad():
+            loss.connector.weight.copy_(torch.eye(d))
+        terms = loss(StudentOutput(embedding=student),
+                     TeacherOutput(embedding=teacher, critic=CosineCritic(torch.randn(classes, d), 64.0)),
+                     batch_of(n))
+        assert terms["srd/logits"].item() == pytest.approx(direct, rel=0.35)

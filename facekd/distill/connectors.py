@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["EmbeddingConnector", "MapConnector", "ConnectorError", "feature_dim"]
+__all__ = ["EmbeddingConnector", "AngleConnector", "MapConnector", "ConnectorError", "feature_dim",
+           "build_embedding_connector", "EMBEDDING_CONNECTORS"]
 
 
 class ConnectorError(ValueError):
@@ -42,6 +44,51 @@ class EmbeddingConnector(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.in_dim:
             raise ConnectorError(f"{type(self).__name__} expects [N, {self.in_dim}], got {list(x.shape)}")
         return self.bn(self.linear(x))
+
+
+class AngleConnector(nn.Module):
+    """phi(e) = Q e/|e| with Q [D_t, D_s] semi-orthogonal (orthonormal columns when D_t >= D_s).
+
+    Q preserves inner products, so cos(phi(a), phi(b)) = cos(a, b): whatever the critic teaches about
+    angles in the teacher's space holds for the student's own embedding, which is what verification
+    compares. A Linear + BatchNorm connector does not: BN removes the batch mean and rescales each
+    dimension, so the student's embedding can carry a large common offset or badly scaled
+    directions that the critic never sees (seen as a collapsed student at chance level).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        _check_dims(type(self).__name__, in_dim, out_dim)
+        self.in_dim, self.out_dim = in_dim, out_dim
+        # Q is the orthonormal factor of a free matrix A (QR), so Q does not change with the scale of A
+        # and weight decay cannot break it (torch's orthogonal parametrisation keeps signs on A's
+        # diagonal that weight decay shrinks to zero, which zeroes its columns).
+        self.weight = nn.Parameter(torch.empty(max(in_dim, out_dim), min(in_dim, out_dim)))
+        nn.init.orthogonal_(self.weight)
+
+    def matrix(self) -> Tensor:
+        """Q [D_t, D_s]: orthonormal columns (D_t >= D_s) or rows (D_t < D_s)."""
+        q, r = torch.linalg.qr(self.weight.float())
+        q = q * torch.sign(torch.diagonal(r)).masked_fill(torch.diagonal(r) == 0, 1.0)  # unique: diag(R) > 0
+        return q if self.out_dim >= self.in_dim else q.t()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[N, D_s] -> [N, D_t], unit rows."""
+        if x.dim() != 2 or x.shape[1] != self.in_dim:
+            raise ConnectorError(f"{type(self).__name__} expects [N, {self.in_dim}], got {list(x.shape)}")
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return nn.functional.normalize(x.float(), dim=1) @ self.matrix().t()
+
+
+EMBEDDING_CONNECTORS = {"bn": EmbeddingConnector, "angle": AngleConnector}
+"""Connectors for face embeddings by option name (``connector=`` of the face losses)."""
+
+
+def build_embedding_connector(name: str, in_dim: int, out_dim: int) -> nn.Module:
+    """An embedding connector by name ('bn': Linear + BN1d; 'angle': semi-orthogonal on unit vectors)."""
+    if name not in EMBEDDING_CONNECTORS:
+        raise ConnectorError(f"unknown connector '{name}'; known: {', '.join(EMBEDDING_CONNECTORS)}")
+    return EMBEDDING_CONNECTORS[name](in_dim, out_dim)
 
 
 class MapConnector(nn.Module):

@@ -17,6 +17,8 @@ def check_mode(loss: str, option: str, value: str, choices: tuple[str, ...]) -> 
     """``value`` when it is one of ``choices``, else an error naming the loss and option."""
     from facekd.distill.losses.registry import InvalidLossOptionError
 
+    if value is None and "none" in choices:  # `--loss-option srd.feat_norm=none` parses as None
+        value = "none"
     if value not in choices:
         raise InvalidLossOptionError(f"loss '{loss}': {option} must be one of {', '.join(choices)}, got {value!r}")
     return value

@@ -8,16 +8,34 @@ batch, labeled or from an unlabeled open-set pool, is distilled. Terms (already 
 
 * ``srd/logits`` = beta * L(z_hat, z_t), L = MSE over rows x classes (``mode="mse"``, the
   authors' code) or Hinton's KL with temperature T times T^2 (``mode="kl"``);
-* ``srd/feat``   = beta * lambda_f * MSE(phi(student), teacher feature).
+* ``srd/feat``   = beta * lambda_f * D(phi(student), teacher feature), D = 2 - 2 cos (``feat_norm="l2"``)
+  or the MSE of raw vectors (``"none"``).
 
-Faces (``kind="face"``, facekd's variant): phi = Linear(D_s -> D_t) + BatchNorm1d on the
-embedding; z = s * cos(W_t, .) without margin (``CosineCritic``), over all centres or the subset
-``TeacherOutput.centres`` (Partial FC's sampled centres). The feature term compares phi(e_s) with
-the raw teacher embedding (``feat_norm="none"``, default): arcface embeddings leave a BatchNorm1d,
-so their entries are of unit scale and the MSE is of the order of the logit term; ``feat_norm="l2"``
-compares directions only (2 - 2 cos per row), as the logits do. Default ``mode="mse"``: MSE on
-cosine logits beat KL (T=4) in our CPU prototype (0.964 vs 0.959 verification accuracy,
-docs/reference section 9); to be re-decided on the accuracy benchmark.
+Faces (``kind="face"``, facekd's variant): z = s * cos(W_t, .) without margin (``CosineCritic``),
+over all centres or the subset ``TeacherOutput.centres`` (Partial FC's sampled centres). Defaults,
+and why (issue 19: at the commands' own defaults, s=64 m=0.5 without warm-up, the earlier form drove
+students below the student trained alone, and in one user's run to chance):
+
+* ``connector="angle"``: phi(e) = Q e/|e| with Q semi-orthogonal (``AngleConnector``). Q keeps
+  angles, so the cosines the critic shapes are the cosines verification compares. The earlier
+  Linear + BatchNorm1d connector (``connector="bn"``) lets the student's own embedding drift in ways
+  the BN hides (a common offset, badly scaled directions): its logits and feature terms fall while
+  the embedding stops separating people.
+* ``feat_norm="l2"``: the feature term is 2 - 2 cos(phi(e_s), e_t), a direction (``"none"``, the MSE
+  of raw vectors, needs the ``bn`` connector and is refused with ``angle``).
+* ``logit_norm="unit"``: the MSE of s*cos logits is multiplied by D_t / s^2. For centres spread over
+  the sphere mean_c (w_c . d)^2 = |d|^2 / D_t, so the term becomes the squared distance of unit
+  directions as the critic sees them, whatever s (``--teacher-scale``), the class count and the
+  embedding sizes; unnormalised it weighs s^2 / D_t, 32 at s=64 with a 128-d teacher but 2 at s=32
+  with a 512-d one. ``logit_norm="none"`` keeps the raw MSE (the authors' classification code).
+* ``beta=8``: with the unit form, 8 is the weight the raw MSE had for arcface_torch's own setting
+  (s=64, 512-d teacher: 64^2 / 512 = 8), where it had been tuned.
+
+Measured (32 px synthetic identities, 500 x 12 photos, teacher r18 x0.25 at 0.956 with its own
+head as critic, students mbf x0.125 for 400 steps at the defaults; one seed; verification accuracy;
+bench/bench_distill_defaults.py gives the 3-seed table): student alone 0.698, kd 0.797,
+srd with the bn connector 0.762, angle connector with raw logits 0.877, the defaults 0.883.
+``mode="mse"`` stays the default (the authors' form; MSE and KL tied on the accuracy benchmark).
 
 Classification (``kind="classifier"``, exactly as published): phi = Conv1x1(C_s -> C_t, no
 bias) + BatchNorm2d + ReLU on the student's last feature map, then global average pooling:
@@ -33,10 +51,10 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from facekd.distill.connectors import EmbeddingConnector, MapConnector
+from facekd.distill.connectors import MapConnector, build_embedding_connector
 from facekd.distill.losses.functional import (FEATURE_NORMS, LOGIT_MODES, check_mode, check_positive, feature_mse,
                                               logit_matching, take_rows)
-from facekd.distill.losses.registry import DistillLoss, register_loss, select_rows
+from facekd.distill.losses.registry import DistillLoss, InvalidLossOptionError, register_loss, select_rows
 from facekd.distill.outputs import StudentOutput, TeacherOutput
 
 __all__ = ["CriticMatchingLoss", "FaceCriticMatching", "MapCriticMatching", "SRDFace", "SRDClassifier"]
@@ -50,8 +68,9 @@ class CriticMatchingLoss(DistillLoss):
     """
 
     def __init__(self, student_dim: int, teacher_dim: int, *, mode: str, T: float, logit_weight: float,
-                 feat_weight: float, feat_norm: str, labeled_only: bool) -> None:
+                 feat_weight: float, feat_norm: str, labeled_only: bool, logit_norm: str = "none") -> None:
         super().__init__(student_dim, teacher_dim)
+        self.logit_norm = check_mode(self.name, "logit_norm", logit_norm, LOGIT_NORMS)
         self.mode = check_mode(self.name, "mode", mode, LOGIT_MODES)
         self.temperature = check_positive(self.name, "T", T, allow_zero=False)
         self.logit_weight = float(logit_weight)
@@ -83,6 +102,8 @@ class CriticMatchingLoss(DistillLoss):
         z_t = take_rows(teacher.teacher_logits(self.name), rows)
         target = take_rows(self.teacher_vector(teacher), rows).detach()
         l_logits = logit_matching(z_hat, z_t, self.mode, self.temperature, f"{self.name} logits")
+        if self.logit_norm == "unit" and self.mode == "mse":
+            l_logits = l_logits * unit_logit_factor(teacher)
         l_feat = feature_mse(phi, target, self.feat_norm, f"{self.name} features")
         return {self.term("logits"): self.logit_weight * l_logits, self.term("feat"): self.feat_weight * l_feat}
 
@@ -91,14 +112,28 @@ class CriticMatchingLoss(DistillLoss):
                 f"feat_weight={self.feat_weight:g}, feat_norm={self.feat_norm}, labeled_only={self.labeled_only}")
 
 
+LOGIT_NORMS = ("none", "unit")
+
+
+def unit_logit_factor(teacher: TeacherOutput) -> float:
+    """D_t / s^2: turns the MSE over rows x classes of s*cos logits into the squared distance of
+    unit directions as the critic's centres see it (for centres spread over the sphere,
+    mean_c (w_c . d)^2 = |d|^2 / D_t), whatever the scale s and the number of classes."""
+    critic = teacher.critic
+    scale = float(getattr(critic, "scale", 1.0))
+    dim = int(getattr(critic, "in_features", 1))
+    return dim / (scale * scale)
+
+
 class FaceCriticMatching(CriticMatchingLoss):
-    """Face form: phi = Linear + BN1d on the embedding; targets the teacher embedding."""
+    """Face form: phi = a connector on the embedding (see ``connector``); targets the teacher embedding."""
 
     _anchor = "embedding"
 
-    def __init__(self, student_dim: int, teacher_dim: int, **options: Any) -> None:
+    def __init__(self, student_dim: int, teacher_dim: int, *, connector: str = "bn", **options: Any) -> None:
         super().__init__(student_dim, teacher_dim, **options)
-        self.connector = EmbeddingConnector(student_dim, teacher_dim)
+        self.connector_kind = connector
+        self.connector = build_embedding_connector(connector, student_dim, teacher_dim)
 
     def connect(self, student: StudentOutput, rows: Tensor | None) -> Tensor:
         return self.connector(take_rows(student.require("embedding", self.name), rows))
@@ -130,17 +165,21 @@ class MapCriticMatching(CriticMatchingLoss):
 class SRDFace(FaceCriticMatching):
     """SRD for face students: s*cos cross-network logits through the teacher's centres + embedding term.
 
-    Options: mode ("mse" | "kl"), T (KL temperature), beta, lambda_f, feat_norm ("none" | "l2"),
-    labeled_only (False: every row, the point of SRD).
+    Options: mode ("mse" | "kl"), T (KL temperature), beta, lambda_f, feat_norm ("l2" | "none"),
+    connector ("angle" | "bn"), logit_norm ("unit" | "none"), labeled_only (False: every row, the
+    point of SRD). The module docstring says why the defaults are what they are.
     """
 
     def __init__(self, student_dim: int, teacher_dim: int, *, mode: str = "mse", T: float = 4.0,
-                 beta: float = 1.0, lambda_f: float = 1.0, feat_norm: str = "none",
-                 labeled_only: bool = False) -> None:
+                 beta: float = 8.0, lambda_f: float = 1.0, feat_norm: str = "l2",
+                 labeled_only: bool = False, connector: str = "angle", logit_norm: str = "unit") -> None:
         beta = check_positive(self.name, "beta", beta)
         lambda_f = check_positive(self.name, "lambda_f", lambda_f)
+        if connector == "angle" and feat_norm == "none":
+            raise InvalidLossOptionError("loss 'srd': feat_norm=none compares raw vectors, but connector=angle gives "
+                                         "unit vectors; use feat_norm=l2, or connector=bn")
         super().__init__(student_dim, teacher_dim, mode=mode, T=T, logit_weight=beta, feat_weight=beta * lambda_f,
-                         feat_norm=feat_norm, labeled_only=labeled_only)
+                         feat_norm=feat_norm, labeled_only=labeled_only, connector=connector, logit_norm=logit_norm)
 
 
 @register_loss("srd", kinds=("classifier",))
