@@ -262,13 +262,21 @@ def test_cosine_hand_computation_identity_and_connected(face_case: dict) -> None
     cos = (np_normalize(e_s) * np_normalize(e_t)).sum(1)
     assert terms["cosine/cos"].item() == pytest.approx(2.0 * np.mean(1 - cos), rel=1e-5)
     f = face_case
-    loss = build_loss("cosine", "face", student_dim=f["ds"], teacher_dim=f["dt"])
+    loss = build_loss("cosine", "face", student_dim=f["ds"], teacher_dim=f["dt"], connector="bn", weight=1.0)
     w, g, b = set_embedding_connector(loss.connector, f["rng"])
     terms = loss(StudentOutput(embedding=t64(f["e_s"])), TeacherOutput(embedding=t64(f["e_t"])), batch_of(f["n"]))
     cos = (np_normalize(np_phi_face(f["e_s"], w, g, b)) * np_normalize(f["e_t"])).sum(1)
     assert terms["cosine/cos"].item() == pytest.approx(np.mean(1 - cos), rel=1e-4)
     with pytest.raises(InvalidLossOptionError, match="equal sizes"):
         build_loss("cosine", "face", student_dim=5, teacher_dim=7, connector=False)
+    # faces' default: the angle connector, 1 - cos(Q e_s/|e_s|, e_t)
+    loss = build_loss("cosine", "face", student_dim=f["ds"], teacher_dim=f["dt"])
+    q = loss.connector.matrix().detach().numpy().astype(np.float64)
+    terms = loss(StudentOutput(embedding=t64(f["e_s"])), TeacherOutput(embedding=t64(f["e_t"])), batch_of(f["n"]))
+    cos = ((np_normalize(f["e_s"]) @ q.T) * np_normalize(f["e_t"])).sum(1)
+    assert terms["cosine/cos"].item() == pytest.approx(16.0 * np.mean(1 - cos), rel=1e-4)
+    assert type(build_loss("cosine", "classifier", student_dim=5, teacher_dim=7).connector).__name__ == \
+        "EmbeddingConnector"
 
 
 def test_srrl_uses_labeled_rows_only_and_equals_srd_on_them(face_case: dict) -> None:

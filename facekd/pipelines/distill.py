@@ -62,7 +62,8 @@ class DistillConfig(TrainConfig):
                                                    "the checkpoint's, else 1.0)")
     teacher_embedding_size: int | None = field(None, help="embedding size of the teacher backbone (default: the "
                                                           "checkpoint's, else 512)")
-    teacher_scale: float = field(64.0, help="logit scale s of the critic's s*cos logits")
+    teacher_scale: float = field(64.0, help="logit scale s of the critic's s*cos logits (srd's default logit term "
+                                            "is normalised by it, so it does not weigh srd; kd's softmax sees it)")
     refine_epochs: int = field(0, help="epochs of margin-loss refinement of a fitted teacher classifier "
                                        "(0 = normalised class means only)")
     online_teacher: bool = field(False, help="run the teacher in the loop instead of caching its embeddings")
