@@ -143,7 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.save(build_backbone("mbf").state_dict(), work / "mbf112.pth")
     teacher_args: list[str] = []
     if not args.no_teacher:
-        torch.save(build_backbone("r100").state_dict(), work / "r100.pth")
+        teacher = build_backbone("r100")
+        for name, module in teacher.named_modules():  # fresh r100 overflows to NaN; zero-init residual branches
+            if name.endswith("bn3"):
+                torch.nn.init.zeros_(module.weight)
+        torch.save(teacher.state_dict(), work / "r100.pth")
         teacher_args = ["--teacher", str(work / "r100.pth"), "--teacher-arch", "r100"]
     lat = _export(["--model", str(work / "mbf112.pth"), "--arch", "mbf", "--out", str(work / "export_112"),
                    "--precision", "fp32,fp16,int8,int8_qdq,int8_qop_full", "--calib",
