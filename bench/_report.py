@@ -28,14 +28,9 @@ produced it. Ratios in a table were measured side by side in the same run.
 def machine() -> str:
     """One line describing where the numbers came from."""
     import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from facekd.sysinfo import cpu_name
+
+    cpu = cpu_name().replace(", AVX-512 VNNI", "")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
             f"torch {torch.__version__}, torch threads {torch.get_num_threads()}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -150,17 +149,9 @@ def machine_info() -> dict[str, Any]:
 
     from facekd.export.latency import cpu_count
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = Path("/proc/cpuinfo").read_text()
-        if "avx512_vnni" in flags:
-            cpu += ", AVX-512 VNNI"
-    except OSError:
-        pass
+    from facekd.sysinfo import cpu_name
+
+    cpu = cpu_name()
     return {"cpu": cpu, "cores": cpu_count(), "onnxruntime": onnxruntime.__version__}
 
 
