@@ -20,6 +20,7 @@ from facekd.data_prep.landmarks_io import read_landmarks
 from facekd.data_prep.manifest import load_manifest
 from facekd.data_prep.photos import read_photo
 from facekd.data.errors import DataFormatError
+from _face_fixtures import fake_scrfd
 
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
 
@@ -120,43 +121,9 @@ def test_mtcnn_aligns_real_photos(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- SCRFD via model_zoo
-def _fake_scrfd(path: Path, landmarks64: np.ndarray) -> Path:
-    """A 9-output SCRFD-layout ONNX (64x64 input) that always reports one face at a known place:
-    anchor (x=4, y=4) of stride 8, box (16, 16, 48, 48), the given landmarks, score 0.95."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    outs = {}
-    for stride in (8, 16, 32):
-        n = (64 // stride) ** 2 * 2
-        outs[f"score{stride}"] = np.zeros((n, 1), np.float32)
-        outs[f"bbox{stride}"] = np.zeros((n, 4), np.float32)
-        outs[f"kps{stride}"] = np.zeros((n, 10), np.float32)
-    row = (4 * 8 + 4) * 2
-    outs["score8"][row] = 0.95
-    outs["bbox8"][row] = 2.0  # distances l, t, r, b in strides -> 16 px
-    outs["kps8"][row] = ((landmarks64 - 32.0) / 8.0).ravel()
-    order = [f"{k}{s}" for k in ("score", "bbox", "kps") for s in (8, 16, 32)]
-    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
-             helper.make_node("Mul", ["mean", "zero"], ["nil"])]
-    inits = [numpy_helper.from_array(np.zeros((), np.float32), "zero")]
-    outputs = []
-    for name in order:
-        inits.append(numpy_helper.from_array(outs[name], name + "_c"))
-        nodes.append(helper.make_node("Add", ["nil", name + "_c"], [name]))
-        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(outs[name].shape)))
-    graph = helper.make_graph(nodes, "fake_scrfd",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])],
-                              outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def test_scrfd_through_insightface_model_zoo(tmp_path: Path) -> None:
     lmk64 = arcface_dst * (32.0 / 112.0) + 16.0  # the template inside the 16..48 box
-    model = _fake_scrfd(tmp_path / "det.onnx", lmk64)
+    model = fake_scrfd(tmp_path / "det.onnx", lmk64)
     det = build_detector(DetectorSpec("scrfd", str(model), min_score=0.5, input_size=64))
     canvas, _, _ = _photo(1, shape=(128, 128), scale=1.0, angle=0.0)
     (face,) = det.detect(canvas)  # 128 px image -> detector input scale 0.5

@@ -22,6 +22,7 @@ import torch
 from facekd.engine.checkpoint import list_checkpoints, load_checkpoint
 from facekd.models.weights import load_weights_file
 from facekd.pipelines.train import main
+from _asserts import assert_states_close
 
 IDS, PER_ID, DIM = 5, 4, 16  # 20 images: one global batch of 20 = 2 ranks x 10
 COMMON = ["--backbone", "mbf", "--width", "0.125", "--input-size", "32", "--embedding-size", str(DIM),
@@ -29,16 +30,6 @@ COMMON = ["--backbone", "mbf", "--width", "0.125", "--input-size", "32", "--embe
           "--margin", "0.3", "--flip", "0", "--bn-mode", "frozen", "--val-pairs", "0", "--no-tensorboard",
           "--log-every", "1", "--clip-grad-norm", "1.0", "--device", "cpu",
           "--set", f"data=synthetic:ids={IDS},per_id={PER_ID},size=32"]
-
-
-def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rel: float = 1e-4) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        if a[k].is_floating_point():
-            scale = max(1.0, float(b[k].abs().max()))
-            assert float((a[k] - b[k]).abs().max()) <= rel * scale, k
-        else:
-            assert torch.equal(a[k], b[k]), k
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +48,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_two_gloo_processes_train_the_single_process_weights(runs: dict[str, Path]) -> None:
     assert "distributed: 2 processes, backend gloo" in runs["log"]
-    _close(load_weights_file(runs["ddp"] / "backbone.pth"), load_weights_file(runs["single"] / "backbone.pth"))
+    assert_states_close(load_weights_file(runs["ddp"] / "backbone.pth"), load_weights_file(runs["single"] / "backbone.pth"))
     single = load_weights_file(runs["single"] / "backbone.pth")
     first = load_checkpoint(list_checkpoints(runs["single"])[0])["backbone"]
     assert any(not torch.equal(single[k], first[k]) for k in single)  # the weights did move
@@ -66,7 +57,7 @@ def test_two_gloo_processes_train_the_single_process_weights(runs: dict[str, Pat
 def test_partial_fc_shards_cover_every_class_once(runs: dict[str, Path]) -> None:
     head = load_weights_file(runs["ddp"] / "head.pth")["weight"]
     assert head.shape == (IDS, DIM)  # 5 classes over 2 ranks: rows 0-2 and 3-4, gathered in order
-    _close({"weight": head}, {"weight": load_weights_file(runs["single"] / "head.pth")["weight"]})
+    assert_states_close({"weight": head}, {"weight": load_weights_file(runs["single"] / "head.pth")["weight"]})
     ckpt = load_checkpoint(list_checkpoints(runs["ddp"])[-1])
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     momentum = [s["momentum_buffer"] for s in ckpt["optimizer"]["state"].values()]
@@ -82,5 +73,5 @@ def test_two_process_checkpoint_resumes_in_one_process(runs: dict[str, Path], tm
         p.unlink()  # keep the step-2 checkpoint only
     (resumed / "backbone.pth").unlink()
     assert main(["--resume", str(resumed), "--batch-size", str(IDS * PER_ID)]) == 0  # same global batch
-    _close(load_weights_file(resumed / "backbone.pth"), load_weights_file(runs["single"] / "backbone.pth"))
-    _close(load_weights_file(resumed / "head.pth"), load_weights_file(runs["single"] / "head.pth"))
+    assert_states_close(load_weights_file(resumed / "backbone.pth"), load_weights_file(runs["single"] / "backbone.pth"))
+    assert_states_close(load_weights_file(resumed / "head.pth"), load_weights_file(runs["single"] / "head.pth"))

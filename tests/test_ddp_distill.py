@@ -22,6 +22,7 @@ from facekd.engine.checkpoint import list_checkpoints
 from facekd.models.registry import build_backbone
 from facekd.models.weights import load_weights_file, save_weights_file
 from facekd.pipelines import distill
+from _asserts import assert_states_close
 
 IDS, PER_ID = 5, 4  # 20 images: one global batch of 20 = 2 ranks x 10
 TEACHER = {"input_size": 32, "width": 0.125, "embedding_size": 16}
@@ -59,16 +60,6 @@ def _torchrun(args: list[str], script: Path | None = None, check: bool = True) -
     return proc
 
 
-def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rel: float = 1e-4) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        if a[k].is_floating_point():
-            scale = max(1.0, float(b[k].abs().max()))
-            assert float((a[k] - b[k]).abs().max()) <= rel * scale, k
-        else:
-            assert torch.equal(a[k], b[k]), k
-
-
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
@@ -92,10 +83,10 @@ def test_two_gloo_processes_distil_the_single_process_student(runs: dict[str, Pa
     assert manifest["parts"] == [[0, 10], [10, 20]] and manifest["complete"]  # one part per rank
     assert all((runs["ddp"] / "teacher_cache" / "labeled" / f"part-00{p}.f16").is_file() for p in range(2))
     single, ddp = load_weights_file(runs["single"] / "backbone.pth"), load_weights_file(runs["ddp"] / "backbone.pth")
-    _close(ddp, single)
+    assert_states_close(ddp, single)
     first = load_weights_file(list_checkpoints(runs["single"])[0])["backbone"]
     assert any(not torch.equal(single[k], first[k]) for k in single)  # the student did move
-    _close(load_weights_file(runs["ddp"] / "teacher_head.pth"), load_weights_file(runs["single"] / "teacher_head.pth"))
+    assert_states_close(load_weights_file(runs["ddp"] / "teacher_head.pth"), load_weights_file(runs["single"] / "teacher_head.pth"))
     fit = json.loads((runs["ddp"] / "teacher_fit.json").read_text())
     assert fit["teacher_sha256"] == json.loads((runs["single"] / "teacher_fit.json").read_text())["teacher_sha256"]
 
@@ -112,7 +103,7 @@ def test_killed_torchrun_distillation_resumes_under_torchrun(runs: dict[str, Pat
     proc = _torchrun(["--resume", str(out)])
     assert "resumed from" in proc.stderr and "step 2/4" in proc.stderr
     assert {p: p.stat().st_mtime_ns for p in (out / "teacher_cache").rglob("*.f16")} == stamp  # cache reused
-    _close(load_weights_file(out / "backbone.pth"), load_weights_file(runs["ddp"] / "backbone.pth"), rel=1e-5)
+    assert_states_close(load_weights_file(out / "backbone.pth"), load_weights_file(runs["ddp"] / "backbone.pth"), rel=1e-5)
 
 
 def test_resume_with_other_teacher_weights_is_refused(runs: dict[str, Path], tmp_path: Path,

@@ -6,7 +6,8 @@ import logging
 import numpy as np
 import pytest
 
-from facekd.distill.health import distillation_warnings, mean_pairwise_cosine, warn_if_hurting
+from facekd.distill.health import distillation_warnings, warn_if_hurting
+from facekd.eval.verification import mean_pairwise_cosine
 
 
 def test_mean_pairwise_cosine_equals_the_pairwise_loop():

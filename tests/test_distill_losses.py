@@ -425,3 +425,10 @@ def test_srd_unit_logit_norm_does_not_grow_with_the_class_count() -> None:
                      TeacherOutput(embedding=teacher, critic=CosineCritic(torch.randn(classes, d), 64.0)),
                      batch_of(n))
         assert terms["srd/logits"].item() == pytest.approx(direct, rel=0.35)
+
+
+def test_negative_or_nan_loss_weights_are_refused() -> None:
+    for spec in ("srd,kd:-1", "srd:nan"):
+        with pytest.raises(LossError, match="must be >= 0"):
+            parse_loss_spec(spec)
+    assert parse_loss_spec("srd:0,kd:0.5") == [("srd", 0.0), ("kd", 0.5)]

@@ -119,3 +119,15 @@ def test_sample_critic_centres_keeps_positives() -> None:
     assert centres.tolist() == sorted(set(centres.tolist())) and len(centres) == 5
     assert {3, 7} <= set(centres.tolist()) and 42 not in centres.tolist()
     assert sample_critic_centres(torch.arange(8), 20, 0.1, g).tolist() == list(range(8))
+
+
+@pytest.mark.parametrize("flags, message", [(("--loss", "srdd"), "unknown distillation loss 'srdd'"),
+                                            (("--loss-option", "srd.conector=angle"), "takes no option(s) conector"),
+                                            (("--loss", "srd,kd:-1"), "must be >= 0")])
+def test_loss_mistakes_fail_before_the_teacher_is_touched(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                          flags: tuple[str, ...], message: str) -> None:
+    # the teacher file does not even exist: the loss error must come first, in one line
+    code = distill_pipeline.main(_student_args(tmp_path / "missing.pth", tmp_path / "out", *flags))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "missing.pth" not in err
+    assert not (tmp_path / "out" / "teacher_cache").exists()

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import numpy as np
-
 from facekd.log import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["CHANCE_ACCURACY", "COLLAPSED_MEAN_COS", "mean_pairwise_cosine", "distillation_warnings",
-           "warn_if_hurting"]
+__all__ = ["CHANCE_ACCURACY", "COLLAPSED_MEAN_COS", "distillation_warnings", "warn_if_hurting"]
 
 CHANCE_ACCURACY = 0.6
 """Verification accuracy at or below this is treated as near chance (0.5)."""
@@ -31,17 +28,6 @@ COLLAPSED_MEAN_COS = 0.75
 _FLAGS = ("the distillation weight (--loss-option srd.beta=..., or kd.weight / cosine.weight), a learning-rate "
           "warm-up (--warmup-steps 200) with gradient clipping (--clip-grad-norm 5), and for small data sets a "
           "milder margin head (--scale 32 --margin 0.4)")
-
-
-def mean_pairwise_cosine(embeddings: np.ndarray) -> float:
-    """Mean cosine over all pairs i != j of the rows of ``embeddings`` (normalised here), in O(N D)."""
-    emb = np.asarray(embeddings, dtype=np.float64)
-    if emb.ndim != 2 or emb.shape[0] < 2:
-        return float("nan")
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    n = unit.shape[0]
-    total = unit.sum(axis=0)
-    return float((total @ total - n) / (n * (n - 1)))
 
 
 def distillation_warnings(metrics: Mapping[str, float], loss: str) -> list[str]:

@@ -219,3 +219,14 @@ def evaluate(embeddings: np.ndarray, issame: Sequence[bool] | np.ndarray, nfolds
         "n_positive": roc.n_positive,
         "n_negative": roc.n_negative,
     }
+
+
+def mean_pairwise_cosine(embeddings: np.ndarray) -> float:
+    """Mean cosine over all pairs i != j of the rows of ``embeddings`` (normalised here), in O(N D)."""
+    emb = np.asarray(embeddings, dtype=np.float64)
+    if emb.ndim != 2 or emb.shape[0] < 2:
+        return float("nan")
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    n = unit.shape[0]
+    total = unit.sum(axis=0)
+    return float((total @ total - n) / (n * (n - 1)))

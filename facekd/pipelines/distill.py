@@ -161,13 +161,16 @@ class DistillTask(FaceVerificationEval, TrainTask):
         from facekd.data.loaders import build_loader, build_mixed_loader
         from facekd.data.pools import open_unlabeled
         from facekd.data.transforms import build_transform
-        from facekd.distill.losses.registry import build_losses, parse_loss_options
+        from facekd.distill.losses.registry import parse_loss_options
         from facekd.distill.setup import prepare_teacher
         from facekd.models.registry import build_backbone
         from facekd.models.weights import load_backbone
 
         self.cfg, self.info = cfg, info
         out = Path(cfg.out)
+        loss_options = parse_loss_options(cfg.loss_option)
+        self._build_losses(loss_options, cfg.teacher_embedding_size or cfg.embedding_size)  # a typo fails here,
+        # in one line, before the teacher embeds anything; rebuilt below with the teacher's real size
         transform = build_transform("face", size=cfg.input_size, flip=cfg.flip, seed=cfg.seed)
         pool_transform = transform  # the loaders reseed it per sample: sharing it is safe
         self.dataset = open_dataset(cfg.data, transform=transform, on_corrupt=cfg.on_corrupt)
@@ -226,11 +229,7 @@ class DistillTask(FaceVerificationEval, TrainTask):
             self.head = attach_margin_head(self, cfg, num_classes, info)
         else:
             self.head_key = None
-        with torch.random.fork_rng(devices=[]):  # connector init independent of the head (sharded or not)
-            torch.manual_seed(cfg.seed + 1)
-            self.losses = build_losses(cfg.loss, "face", student_dim=cfg.embedding_size,
-                                       teacher_dim=self.teacher.feature_dim,
-                                       options=parse_loss_options(cfg.loss_option))
+        self.losses = self._build_losses(loss_options, self.teacher.feature_dim)
         self.own_logits = _needs_own_logits(self.losses)
         if self.own_logits:
             if self.head is None or info.world_size > 1 or cfg.partial_fc < 1.0:
@@ -246,6 +245,16 @@ class DistillTask(FaceVerificationEval, TrainTask):
                  cfg.student, cfg.loss, len(self.dataset), num_classes,
                  f", unlabeled pool of {len(self.pool)}" if self.pool is not None else "",
                  "cached" if setup.cached else "in the loop")
+
+    def _build_losses(self, options: dict[str, dict[str, Any]], teacher_dim: int) -> nn.Module:
+        """The loss set; connector initialisation is seeded on its own, so it does not depend on how
+        (or whether) the head was built before it, nor consume the run's random stream."""
+        from facekd.distill.losses.registry import build_losses
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed + 1)
+            return build_losses(self.cfg.loss, "face", student_dim=self.cfg.embedding_size, teacher_dim=teacher_dim,
+                                options=options)
 
     def evaluate(self, modules: Mapping[str, nn.Module]) -> dict[str, float]:
         """Held-out verification, with a warning when the metrics say distillation is hurting."""

@@ -107,9 +107,8 @@ def evaluate_verification(backbone: nn.Module, sets: Sequence[ValidationSet], de
     """``{"<set>/accuracy": ..., "<set>/accuracy_std": ..., ...}`` by the insightface protocol
     (flip-summed L2-normalised embeddings, 10-fold accuracy), plus ``<set>/mean_cos``, the mean
     cosine between the set's embeddings (near 1: a collapsed embedding)."""
-    from facekd.distill.health import mean_pairwise_cosine
     from facekd.eval.embed import embed_images
-    from facekd.eval.verification import evaluate
+    from facekd.eval.verification import evaluate, mean_pairwise_cosine
 
     out: dict[str, float] = {}
     for vs in sets:

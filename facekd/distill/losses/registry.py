@@ -149,6 +149,10 @@ def parse_loss_spec(spec: str | Sequence[tuple[str, float]] | Mapping[str, float
         pairs = [(str(n), float(w)) for n, w in spec]
     if not pairs:
         raise LossError("no distillation loss given (e.g. 'srd' or 'srd:1.0,kd:0.5')")
+    bad = [f"{n}:{w:g}" for n, w in pairs if not w >= 0]  # also NaN
+    if bad:
+        raise LossError(f"loss weight(s) {', '.join(bad)} must be >= 0 (a negative weight would reward the "
+                        "mismatch); e.g. 'srd:1.0,kd:0.5'")
     names = [n for n, _ in pairs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

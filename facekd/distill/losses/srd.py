@@ -54,7 +54,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from facekd.distill.connectors import MapConnector, build_embedding_connector
+from facekd.distill.connectors import EMBEDDING_CONNECTORS, MapConnector, build_embedding_connector
 from facekd.distill.losses.functional import (FEATURE_NORMS, LOGIT_MODES, check_mode, check_positive, feature_mse,
                                               logit_matching, take_rows)
 from facekd.distill.losses.registry import DistillLoss, InvalidLossOptionError, register_loss, select_rows
@@ -135,7 +135,7 @@ class FaceCriticMatching(CriticMatchingLoss):
 
     def __init__(self, student_dim: int, teacher_dim: int, *, connector: str = "bn", **options: Any) -> None:
         super().__init__(student_dim, teacher_dim, **options)
-        self.connector_kind = connector
+        connector = check_mode(self.name, "connector", connector, tuple(EMBEDDING_CONNECTORS))
         self.connector = build_embedding_connector(connector, student_dim, teacher_dim)
 
     def connect(self, student: StudentOutput, rows: Tensor | None) -> Tensor:
