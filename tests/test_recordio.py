@@ -358,3 +358,86 @@ def test_interop_with_insightface_rec_builder(tmp_path: Path) -> None:
     assert header.flag == 2 and list(header.label) == [5.0, 7.0]
     header, image = mx.recordio.unpack(rec.read_idx(3))
     assert header.label == 1.0 and image == MXFaceRecord(tmp_path / "ours").read_bytes(2)
+
+
+# ----------------------------------------------------------------------------- interop without mxnet
+# The record layout written here from the format description (magic, lrecord with cflag/length,
+# '<IfQQ' header, optional float32 labels, padding to 4 bytes; .idx "key\toffset"), not with facekd's writer.
+def _their_record(flag: int, label: float, id1: int, extra: list[float], image: bytes) -> bytes:
+    payload = struct.pack("<IfQQ", flag, label, id1, 0) + struct.pack(f"<{len(extra)}f", *extra) + image
+    return struct.pack("<II", 0xCED7230A, len(payload)) + payload + b"\0" * (-len(payload) % 4)
+
+
+def _their_rec_set(out: Path, images: list[bytes], labels: list[int]) -> None:
+    """insightface layout: header record 0, image keys 1..N, identity records after them."""
+    ids = sorted(set(labels))
+    n = len(images)
+    records = [(0, _their_record(2, 0.0, 0, [n + 1.0, n + 1.0 + len(ids)], b""))]
+    records += [(k + 1, _their_record(0, float(lab), k + 1, [], img)) for k, (img, lab) in enumerate(zip(images, labels))]
+    for j, c in enumerate(ids):
+        first = 1 + labels.index(c)
+        records.append((n + 1 + j, _their_record(2, 0.0, n + 1 + j, [first, first + labels.count(c)], b"")))
+    out.mkdir()
+    blob, lines = b"", []
+    for key, rec in records:
+        lines.append(f"{key}\t{len(blob)}")
+        blob += rec
+    (out / "train.rec").write_bytes(blob)
+    (out / "train.idx").write_text("\n".join(lines) + "\n")
+    (out / "property").write_text(f"{len(ids)},16,16")
+
+
+def _parse_their_way(rec: Path, idx: Path) -> dict[int, tuple[tuple, list[float], bytes]]:
+    """key -> ((flag, label, id, id2), extra float labels, image bytes), read from the raw bytes."""
+    data, out = rec.read_bytes(), {}
+    for line in idx.read_text().split("\n"):
+        if not line.strip():
+            continue
+        key, offset = (int(v) for v in line.split("\t"))
+        magic, lrecord = struct.unpack_from("<II", data, offset)
+        assert magic == 0xCED7230A and lrecord >> 29 == 0  # a whole record, no continuation
+        payload = data[offset + 8: offset + 8 + (lrecord & ((1 << 29) - 1))]
+        header = struct.unpack_from("<IfQQ", payload)
+        extra = list(struct.unpack_from(f"<{header[0]}f", payload, 24))
+        out[key] = (header, extra, payload[24 + 4 * header[0]:])
+    assert offset + 8 + (lrecord & ((1 << 29) - 1)) <= len(data)
+    return out
+
+
+def test_interop_records_built_from_the_byte_layout(tmp_path: Path) -> None:
+    """Records built here byte by byte are read by facekd: classes, identity ranges and images."""
+    images = _images(5)
+    encoded = [encode_image(im, ".png") for im in images]
+    labels = [0, 0, 1, 1, 1]
+    _their_rec_set(tmp_path / "theirs", encoded, labels)
+    ours = MXFaceRecord(tmp_path / "theirs")
+    assert len(ours) == 5 and ours.num_classes == 2 and ours.has_header
+    assert ours.labels.tolist() == labels and ours.identity_ranges.tolist() == [[0, 2], [2, 5]]
+    for i in range(5):
+        image, label = ours.read(i)
+        assert label == labels[i] and np.array_equal(image, images[i]) and ours.read_bytes(i) == encoded[i]
+    # a flat im2rec-style file (flag 0 in record 0, every key an image) with odd-length payloads
+    flat = [_their_record(0, float(k % 3), k, [], encoded[k] + b"x" * k) for k in range(4)]
+    (tmp_path / "flat.rec").write_bytes(b"".join(flat))
+    (tmp_path / "flat.idx").write_text("".join(f"{k}\t{sum(map(len, flat[:k]))}\n" for k in range(4)))
+    with RecordIOReader(tmp_path / "flat.rec") as reader:
+        for k in range(4):
+            header, image = unpack_payload(reader.read(k))
+            assert header.flag == 0 and header.label == float(k % 3) and header.id == k
+            assert image == encoded[k] + b"x" * k
+
+
+def test_interop_facekd_records_parse_with_an_independent_reader(tmp_path: Path) -> None:
+    """facekd's train.rec/train.idx decoded here from the byte layout alone."""
+    images = _images(5)
+    labels = [0, 0, 1, 1, 1]
+    out = write_face_record(tmp_path / "ours", zip(images, labels), fmt=".png")
+    parsed = _parse_their_way(out / "train.rec", out / "train.idx")
+    header, extra, _ = parsed[0]
+    assert header[0] == 2 and extra == [6.0, 8.0]  # images are keys 1..5, identities keys 6..7
+    for k in range(1, 6):
+        (flag, label, _, _), _, image = parsed[k]
+        assert flag == 0 and label == labels[k - 1]
+        assert np.array_equal(decode_image(image), images[k - 1])
+    assert [parsed[6][1], parsed[7][1]] == [[1.0, 3.0], [3.0, 6.0]]
+    assert (out / "property").read_text().strip().split(",")[0] == "2"
