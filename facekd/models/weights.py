@@ -16,12 +16,14 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from facekd.errors import FileProblemError
 from facekd.log import get_logger
+from facekd.registry import Registry
 
 log = get_logger(__name__)
 
@@ -46,20 +48,40 @@ ONNX_SUFFIX = ".onnx"
 MAX_LISTED_KEYS = 5
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(FileProblemError):
     """A weights file that cannot be used; the message names the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.problem))
 
 
 class StateDictMismatchError(ValueError):
-    """A state dict whose keys or shapes do not fit the architecture it was loaded into."""
+    """A state dict whose keys or shapes do not fit the architecture it was loaded into.
+
+    Besides the message it carries what differs, for callers that word their own hint (the flags
+    of their command): ``arch``, ``options``, ``source``, ``missing`` / ``unexpected`` keys and
+    ``misshaped`` (key -> (shape in the file, shape in the model)), keys in the model's order."""
+
+    def __init__(self, message: str, *, arch: str | None = None, options: Mapping[str, Any] | None = None,
+                 source: str | os.PathLike[str] | None = None, missing: Sequence[str] = (),
+                 unexpected: Sequence[str] = (),
+                 misshaped: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]] | None = None) -> None:
+        super().__init__(message)
+        self.arch = arch
+        self.options = dict(options or {})
+        self.source = source
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.misshaped = dict(misshaped or {})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_mismatch, (str(self), self.arch, self.options, self.source, self.missing, self.unexpected,
+                                    self.misshaped))
+
+
+def _rebuild_mismatch(message: str, arch: str | None, options: Mapping[str, Any], source: Any,
+                      missing: Sequence[str], unexpected: Sequence[str],
+                      misshaped: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> StateDictMismatchError:
+    """Unpickle a StateDictMismatchError (it crosses process boundaries in DDP error reports)."""
+    return StateDictMismatchError(message, arch=arch, options=options, source=source, missing=missing,
+                                  unexpected=unexpected, misshaped=misshaped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,25 +274,24 @@ class WeightsFormat:
         return None
 
 
-_FORMATS: list[type[WeightsFormat]] = []
+FORMATS: Registry[type[WeightsFormat]] = Registry("weights format")
+"""Recognised layouts by name; detection tries them in registration order."""
 
 
 def register_format(cls: type[WeightsFormat]) -> type[WeightsFormat]:
-    """Class decorator adding a layout; detection tries layouts in registration order."""
-    if any(f.name == cls.name for f in _FORMATS):
-        raise ValueError(f"weights format '{cls.name}' registered twice")
-    _FORMATS.append(cls)
+    """Class decorator adding a layout under ``cls.name``; detection tries layouts in registration order."""
+    FORMATS.add(cls.name, cls, description=cls.description)
     return cls
 
 
 def list_formats() -> list[str]:
     """Names of the recognised layouts, in detection order."""
-    return [f.name for f in _FORMATS]
+    return [e.name for e in FORMATS.entries(ordered=True)]
 
 
 def detect_format(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> type[WeightsFormat]:
     """The first registered layout that matches ``obj``; a WeightsFileError naming the keys otherwise."""
-    for fmt in _FORMATS:
+    for fmt in (e.value for e in FORMATS.entries(ordered=True)):
         if fmt.matches(obj):
             return fmt
     keys = ", ".join(repr(k) for k in list(obj)[:8]) or "none"
@@ -532,7 +553,9 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], a
                          + _listed([f"{k}: file {list(sd[k].shape)} vs model {list(own[k].shape)}" for k in misshaped]))
         lines.append("  Check that the architecture and its options match how the file was trained "
                      "(a wrong --arch, --width, --input-size or --embedding-size).")
-        raise StateDictMismatchError("\n".join(lines))
+        raise StateDictMismatchError(
+            "\n".join(lines), arch=arch, options=options, source=source, missing=missing, unexpected=unexpected,
+            misshaped={k: (tuple(sd[k].shape), tuple(own[k].shape)) for k in misshaped})
     model.load_state_dict(sd, strict=True)
 
 
