@@ -165,12 +165,13 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def gather_rows(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """Concatenate each rank's row block of ``t`` (rank r holds ``sizes[r]`` rows) in rank order."""
+def gather_rows(t: torch.Tensor, sizes: list[int], group: Any = None) -> torch.Tensor:
+    """Concatenate each rank's row block of ``t`` (rank r of ``group`` holds ``sizes[r]`` rows) in rank
+    order, without autograd; a detached copy in one process."""
     if not is_distributed():
         return t.detach().clone()
     pad = max(sizes) - t.shape[0]
     padded = torch.cat([t.detach(), t.new_zeros((pad, *t.shape[1:]))]) if pad else t.detach().contiguous()
     parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
+    dist.all_gather(parts, padded, group=group)
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])

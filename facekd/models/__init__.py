@@ -19,7 +19,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "register_head": "facekd.models.heads",
     "list_heads": "facekd.models.heads",
     "MarginHead": "facekd.models.heads",
-    "PartialFC": "facekd.models.heads",
+    "PartialFC": "facekd.models.partial_fc",
     "LinearHead": "facekd.models.heads",
     "save_full_classifier": "facekd.models.heads",
     "HeadError": "facekd.models.heads",

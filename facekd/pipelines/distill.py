@@ -274,7 +274,7 @@ class DistillTask(FaceVerificationEval, TrainTask):
         """Class ids the critic scores this step with Partial FC: the student head's sample (all ranks'
         shards) when head and critic share the classes, else a draw from the global torch generator
         (whose state every checkpoint holds, so a resumed run replays the same draws)."""
-        from facekd.models.heads import PartialFC
+        from facekd.models.partial_fc import PartialFC
 
         head = modules.get("head")
         if isinstance(head, PartialFC) and head.num_classes == self.teacher.num_classes and head.sample_rate < 1.0:

@@ -148,7 +148,8 @@ def attach_margin_head(task: TrainTask, cfg: Any, num_classes: int, info: DistIn
     """Build the task's ArcFace/CosFace head from ``cfg`` (head, scale, margin, partial_fc, embedding_size,
     seed), with reproducible centres; under torchrun it is a Partial FC sharded over the ranks, and
     the task is told so (``sharded``, ``global_terms``)."""
-    from facekd.models.heads import PartialFC, build_head
+    from facekd.models.heads import build_head
+    from facekd.models.partial_fc import PartialFC
 
     options: dict[str, Any] = {"s": cfg.scale, "sample_rate": cfg.partial_fc, "partial_fc": info.world_size > 1}
     if cfg.margin is not None:
