@@ -2,9 +2,6 @@
 strict state-dict round trips, size-dependent heads, option validation and ONNX export."""
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -282,18 +279,19 @@ def test_dropout_acts_only_in_training() -> None:
 
 
 @pytest.mark.parametrize("name", ["r18", "mbf"])
-def test_onnx_export_matches_torch(name: str) -> None:
+def test_onnx_export_matches_torch(name: str, tmp_path) -> None:
+    """facekd's own export (facekd.models.onnx_backbone.export_onnx), run by plain onnxruntime."""
     ort = pytest.importorskip("onnxruntime")
+    from facekd.models.onnx_backbone import INPUT_NAME, export_onnx
+
     model = _randomise_(build_backbone(name, **TINY)).eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), buffer, opset_version=17, dynamo=False,
-                          input_names=["input"], output_names=["embedding"],
-                          dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
-    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    x = torch.randn(3, 3, 32, 32)
-    (onnx_out,) = session.run(None, {"input": x.numpy()})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    path = export_onnx(model, tmp_path / f"{name}.onnx")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is untouched
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [INPUT_NAME]
+    x = torch.randn(3, 3, 32, 32)  # a batch other than the one traced: the batch axis is dynamic
+    (onnx_out,) = session.run(None, {INPUT_NAME: x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(onnx_out, model(x).numpy(), rtol=1e-4, atol=1e-4)
     assert onnx_out.shape == (3, 16)

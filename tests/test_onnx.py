@@ -99,3 +99,41 @@ def test_wrong_input_shape_is_reported(tmp_path: Path, small_r18: nn.Module) -> 
     onnx_model = OnnxBackbone(export_onnx(small_r18, tmp_path / "r18.onnx"))
     with pytest.raises(ValueError, match=r"takes images \[N, 3, 32, 32\].*got \[2, 3, 64, 64\]"):
         onnx_model(torch.zeros(2, 3, 64, 64))
+
+
+def _tiny_graph(path: Path, weight: np.ndarray, normalise_inside: bool) -> Path:
+    """An 8 px ONNX 'recognition model' (flatten -> MatMul); with ``normalise_inside`` it starts as
+    MXNet-converted insightface models do: Sub 127.5 then Mul 1/127.5 on raw 0..255 pixels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, src = [], [numpy_helper.from_array(weight, "W")], "input"
+    if normalise_inside:
+        inits += [numpy_helper.from_array(np.array(127.5, np.float32), "mean"),
+                  numpy_helper.from_array(np.array(1 / 127.5, np.float32), "scale")]
+        nodes += [helper.make_node("Sub", ["input", "mean"], ["centred"], name="Sub_0"),
+                  helper.make_node("Mul", ["centred", "scale"], ["scaled"], name="Mul_1")]
+        src = "scaled"
+    nodes += [helper.make_node("Flatten", [src], ["flat"], axis=1, name="flatten"),
+              helper.make_node("MatMul", ["flat", "W"], ["embedding"], name="fc")]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_onnx_with_normalisation_inside_the_graph_gets_raw_pixels(tmp_path: Path) -> None:
+    """facekd feeds normalised images; a graph that normalises itself must receive 0..255 pixels."""
+    from facekd.distill.teacher import load_teacher
+
+    weight = np.random.default_rng(0).standard_normal((192, 4)).astype(np.float32)
+    x = torch.rand(2, 3, 8, 8) * 2 - 1  # normalised as (p/255 - 0.5)/0.5
+    expected = x.reshape(2, -1) @ torch.from_numpy(weight)  # what the model computes on the raw pixels
+    raw = OnnxBackbone(_tiny_graph(tmp_path / "raw.onnx", weight, True))
+    plain = OnnxBackbone(_tiny_graph(tmp_path / "plain.onnx", weight, False))
+    assert raw.raw_pixels and not plain.raw_pixels
+    torch.testing.assert_close(raw(x), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plain(x), expected, rtol=1e-4, atol=1e-4)
+    teacher = load_teacher(tmp_path / "raw.onnx")  # the distillation teacher takes the same path
+    torch.testing.assert_close(teacher.embed(x), expected, rtol=1e-4, atol=1e-4)
