@@ -148,10 +148,11 @@ class Registry(Generic[T]):
         self.load()
         return sorted(n for n, es in self._entries.items() if any(e.serves(kind) for e in es))
 
-    def entries(self, kind: str | None = None) -> list[Entry[T]]:
-        """Every entry (serving ``kind`` when given), sorted by name."""
+    def entries(self, kind: str | None = None, *, ordered: bool = False) -> list[Entry[T]]:
+        """Every entry (serving ``kind`` when given), sorted by name or, ``ordered``, as registered."""
         self.load()
-        return [e for n in sorted(self._entries) for e in self._entries[n] if e.serves(kind)]
+        names = list(self._entries) if ordered else sorted(self._entries)
+        return [e for n in names for e in self._entries[n] if e.serves(kind)]
 
     def help(self, kind: str | None = None, sep: str = ", ") -> str:
         """The names joined for a help string: ``"a, b, c"``."""

@@ -8,10 +8,12 @@ from __future__ import annotations
 from os import PathLike
 from pathlib import Path
 
+from facekd.errors import FileProblemError
+
 __all__ = ["DataFormatError", "DataFileNotFoundError"]
 
 
-class DataFormatError(ValueError):
+class DataFormatError(FileProblemError):
     """A data file (or an entry inside it) is malformed, truncated or not what facekd expects.
 
     ``path`` is the offending file; ``key`` is the record key, index or offset inside it
@@ -19,11 +21,10 @@ class DataFormatError(ValueError):
     """
 
     def __init__(self, path: str | PathLike[str], problem: str, key: object | None = None) -> None:
-        self.path = Path(path)
+        super().__init__(path, problem)
         self.key = key
-        self.problem = problem
-        where = f"{self.path}" if key is None else f"{self.path} [{key}]"
-        super().__init__(f"{where}: {problem}")
+        if key is not None:
+            self.args = (f"{self.path} [{key}]: {problem}",)
 
     def __reduce__(self):  # keep the three arguments when sent across DataLoader workers
         return (type(self), (self.path, self.problem, self.key))

@@ -42,6 +42,7 @@ from torch import Tensor
 from facekd.data.batch import LABELED_SOURCE, UNLABELED_SOURCE
 from facekd.data.errors import DataFormatError
 from facekd.data.fingerprint import dataset_fingerprint, describe_change
+from facekd.errors import FileProblemError
 from facekd.data.transforms import (ImageTransform, apply_transform, deterministic_steps, face_eval_transform,
                                     only_flips)
 from facekd.log import get_logger, progress
@@ -70,16 +71,8 @@ FLOAT16_MAX = 65504.0
 """Largest finite float16: cached embeddings beyond it would turn into inf."""
 
 
-class CacheError(ValueError):
+class CacheError(FileProblemError):
     """A cache that cannot be used; the message names the directory and the problem."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.problem))
 
 
 class CacheMissingError(CacheError):

@@ -31,6 +31,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import (
 )
 from torch import Tensor, nn
 
+from facekd.errors import FileProblemError
 from facekd.log import get_logger
 
 log = get_logger(__name__)
@@ -51,16 +52,8 @@ _ORT_ERRORS = (_OrtFail, _OrtInvalidArgument, _OrtInvalidGraph, _OrtInvalidProto
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(FileProblemError):
     """An ONNX file that cannot be used as a recognition backbone; the message names the file."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.problem))
 
 
 class OnnxExportError(RuntimeError):
