@@ -276,3 +276,38 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main([str(tmp_path / "in"), str(tmp_path / "out"), "--size", "224", "--detector", "none",
                  "--landmarks", str(csv_path), "--workers", "1"]) == 0
     assert read_photo(tmp_path / "out" / "a.jpg").shape == (224, 224, 3)
+
+
+def test_empty_input_folder_exits_nonzero_with_one_line(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "photos" / "someone").mkdir(parents=True)
+    (tmp_path / "photos" / "notes.txt").write_text("not a photo")
+    with caplog.at_level("ERROR"):
+        assert main([str(tmp_path / "photos"), str(tmp_path / "out"), "--detector", "none"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "no image files found" in errors[0] and "\n" not in errors[0]
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_module_run_with_workers_prints_no_runpy_warning(tmp_path: Path) -> None:
+    """``python -m facekd.data_prep.align ... --workers 2`` (forkserver by default): the workers
+    re-run the module as __mp_main__; it must not also be preloaded (runpy's RuntimeWarning)."""
+    import subprocess
+    import sys
+
+    from facekd.data_prep.align import _forkserver_preload
+
+    assert "facekd.data_prep.align" not in _forkserver_preload("__main__")
+    assert "facekd.data_prep.align" in _forkserver_preload("facekd.data_prep.align")
+    table = {}
+    for i in range(2):
+        img, lmk, _ = _photo(i)
+        _write_rgb(tmp_path / "in" / f"id{i}" / "a.png", img)
+        table[f"id{i}/a.png"] = lmk
+    csv_path = _csv(tmp_path / "l.csv", table)
+    proc = subprocess.run([sys.executable, "-m", "facekd.data_prep.align", str(tmp_path / "in"),
+                           str(tmp_path / "out"), "--detector", "none", "--landmarks", str(csv_path),
+                           "--workers", "2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "found in sys.modules" not in proc.stderr and "RuntimeWarning" not in proc.stderr, proc.stderr
+    assert (tmp_path / "out" / "id0" / "a.jpg").is_file() and (tmp_path / "out" / "id1" / "a.jpg").is_file()

@@ -33,7 +33,7 @@ import numpy as np
 from insightface.utils.face_align import norm_crop
 
 from facekd.data.errors import DataFormatError
-from facekd.data.folders import is_image_file
+from facekd.data.folders import IMAGE_EXTENSIONS, is_image_file
 from facekd.data.image_codec import encode_image
 from facekd.data_prep.detectors import (
     DETECTORS, SELECTION_POLICIES, DetectorSpec, Face, FaceDetector, build_detector, check_detector,
@@ -303,14 +303,31 @@ class AlignReport:
         return len(self.failures)
 
 
+#: what this module imports at load time: the forkserver imports these once for every worker
+_WORKER_IMPORTS = ("cv2", "numpy", "insightface.utils.face_align", "facekd.data.image_codec",
+                   "facekd.data_prep.detectors", "facekd.data_prep.landmarks_io",
+                   "facekd.data_prep.manifest", "facekd.data_prep.photos")
+
+
+def _forkserver_preload(main_name: str) -> list[str]:
+    """Modules the forkserver imports before forking workers.
+
+    Run as ``python -m facekd.data_prep.align``, this module is ``__main__`` and multiprocessing
+    executes it again in each worker as ``__mp_main__`` (so ``__main__._work`` unpickles); a
+    preloaded ``facekd.data_prep.align`` would then already sit in ``sys.modules`` and runpy warns
+    "found in sys.modules ... unpredictable behaviour". So only its dependencies are preloaded
+    then; imported as a library (``facekd align``, tests) the module itself is."""
+    return list(_WORKER_IMPORTS) if main_name == "__main__" else [*_WORKER_IMPORTS, main_name]
+
+
 def _pool_context(start_method: str | None) -> mp.context.BaseContext:
     """``forkserver`` by default where available: workers fork from a clean server that has
-    imported this module once (cheap start, and no fork of a process whose torch/OpenMP thread
-    pools are live, which can deadlock); ``spawn`` elsewhere."""
+    imported this module's dependencies once (cheap start, and no fork of a process whose
+    torch/OpenMP thread pools are live, which can deadlock); ``spawn`` elsewhere."""
     method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     ctx = mp.get_context(method)
     if method == "forkserver":
-        ctx.set_forkserver_preload([__name__ if __name__ != "__main__" else "facekd.data_prep.align"])
+        ctx.set_forkserver_preload(_forkserver_preload(__name__))
     return ctx
 
 
@@ -374,6 +391,10 @@ def run_align(options: AlignOptions, *, landmarks_file: str | PathLike[str] | No
     manifest_path = Path(manifest) if manifest is not None else out_root / "manifest.jsonl"
     landmarks = read_landmarks(landmarks_file) if landmarks_file is not None else None
     sources = list_images(in_root, exclude=out_root)
+    if not sources:
+        raise DataPrepError(f"{in_root}: no image files found (looked for "
+                            f"{', '.join(sorted(IMAGE_EXTENSIONS))} in every sub-folder); "
+                            f"pass the folder that holds your photos as INPUT")
     if landmarks:
         unknown = sorted(set(landmarks) - set(sources))
         if unknown:
