@@ -107,3 +107,38 @@ def test_pack_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert all(o in text for o in ("--dedup", "--min-images", "--val-ids", "--quality", "--overwrite"))
+
+
+def test_pack_warns_about_loose_images_and_unaligned_photos(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "photos"
+    for ident in range(2):
+        (root / f"p{ident}").mkdir(parents=True)
+        (root / f"p{ident}" / "crop.jpg").write_bytes(encode_image(FACES.render(ident, 0), ".jpg", 90))
+    photo = cv2.resize(FACES.render(1, 1), (200, 160))  # a photo, not a 112x112 aligned crop
+    (root / "p1" / "photo.jpg").write_bytes(encode_image(photo, ".jpg", 90))
+    for k in range(3):
+        (root / f"loose{k}.jpg").write_bytes(encode_image(FACES.render(5, k), ".jpg", 90))
+    with caplog.at_level("WARNING"):
+        report = pack_folder(root, tmp_path / "rec")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    loose = [w for w in warnings if "outside any identity folder" in w]
+    assert len(loose) == 1 and "3 image(s)" in loose[0] and "loose0.jpg" in loose[0]
+    assert [Path(f).name for f in report.loose_files] == ["loose0.jpg", "loose1.jpg", "loose2.jpg"]
+    hint = [w for w in warnings if "facekd.data_prep.align" in w]
+    assert len(hint) == 1 and "1 of 3 images were not 112x112" in hint[0] and "photo.jpg" in hint[0]
+    assert MXFaceRecord(tmp_path / "rec").num_classes == 2 and len(MXFaceRecord(tmp_path / "rec")) == 3
+
+    caplog.clear()  # aligned crops only, nothing loose: no warning at all
+    (root / "p1" / "photo.jpg").unlink()
+    for k in range(3):
+        (root / f"loose{k}.jpg").unlink()
+    with caplog.at_level("WARNING"):
+        pack_folder(root, tmp_path / "rec2")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.jpg").write_bytes(encode_image(FACES.render(0, 0), ".jpg", 90))
+    with pytest.raises(DataPrepError, match="sub-folder named after them"):
+        pack_folder(flat, tmp_path / "rec3")

@@ -33,7 +33,7 @@ from facekd.data_prep.crop_bytes import stored_crop
 from facekd.data_prep.errors import DataPrepError, OutputExistsError
 from facekd.log import get_logger, progress
 
-__all__ = ["Identity", "PackReport", "scan_identities", "split_identities", "pack_folder",
+__all__ = ["Identity", "PackReport", "scan_identities", "loose_images", "split_identities", "pack_folder",
            "build_parser", "main"]
 
 log = get_logger(__name__)
@@ -60,6 +60,8 @@ class PackReport:
     duplicates: list[tuple[str, str]] = field(default_factory=list)   # (dropped, same bytes as)
     unreadable: list[tuple[str, str]] = field(default_factory=list)   # (file, reason)
     dropped_identities: list[tuple[str, int]] = field(default_factory=list)  # (name, images left)
+    resized_examples: list[str] = field(default_factory=list)  # the first few resized files
+    loose_files: list[str] = field(default_factory=list)  # images directly in INPUT (no identity)
     val: "PackReport | None" = None
 
 
@@ -78,8 +80,18 @@ def scan_identities(root: str | PathLike[str]) -> list[Identity]:
         raise DataPrepError(f"{root}: input folder of identity sub-folders not found")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise DataPrepError(f"{root}: no identity sub-folders; expected ROOT/<identity>/<image>")
+        loose = loose_images(root)
+        hint = (f"; its {len(loose)} images (e.g. {loose[0].name}) lie directly in it: put each "
+                f"person's images in a sub-folder named after them" if loose else "")
+        raise DataPrepError(f"{root}: no identity sub-folders; expected ROOT/<identity>/<image>{hint}")
     return [Identity(p.name, _visible_files(p)) for p in folders]
+
+
+def loose_images(root: str | PathLike[str]) -> list[Path]:
+    """Image files directly in ``root``: outside every identity folder, so never packed."""
+    root = Path(root)
+    return sorted(p for p in root.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and is_image_file(p))
 
 
 def split_identities(names: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -127,7 +139,7 @@ def _write_split(out: Path, identities: list[Identity], *, size: int, quality: i
     with FaceRecordWriter(out, image_size=(size, size), quality=quality, overwrite=overwrite) as writer, \
             progress(total=total, desc=desc, unit="img") as bar:
         for ident in identities:
-            blobs = []
+            blobs, kept_files = [], []
             for f in ident.files:
                 try:
                     data, action = stored_crop(f.read_bytes(), size, quality, f)
@@ -138,14 +150,17 @@ def _write_split(out: Path, identities: list[Identity], *, size: int, quality: i
                     report.unreadable.append((str(f), f"cannot read file: {err.strerror or err}"))
                     continue
                 blobs.append((data, action))
+                kept_files.append(f)
             bar.update(len(ident.files))
             if len(blobs) < min_images:
                 report.dropped_identities.append((ident.name, len(blobs)))
                 continue
             label = len(rows)
-            for data, action in blobs:
+            for f, (data, action) in zip(kept_files, blobs):
                 writer.add(data, label)
                 actions[action] += 1
+                if action == "resized" and len(report.resized_examples) < 3:
+                    report.resized_examples.append(str(f))
             rows.append(f"{label}\t{ident.name}\t{len(blobs)}")
         if not rows:
             raise DataPrepError(f"{out}: no identity has --min-images {min_images} usable images; "
@@ -172,6 +187,11 @@ def pack_folder(src: str | PathLike[str], out: str | PathLike[str], *, size: int
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]} exists; pass --overwrite to replace the packed set")
     report = PackReport(out)
+    report.loose_files = [str(f) for f in loose_images(src)]
+    if report.loose_files:
+        log.warning("%s: %d image(s) lie directly in the input folder, outside any identity folder, "
+                    "and are not packed (e.g. %s); move them into INPUT/<identity>/", src,
+                    len(report.loose_files), report.loose_files[0])
     if dedup:
         _dedup(identities, report)
     by_name = {i.name: i for i in identities}
@@ -181,7 +201,21 @@ def pack_folder(src: str | PathLike[str], out: str | PathLike[str], *, size: int
         report.val = PackReport(out / "val")
         _write_split(out / "val", [by_name[n] for n in val_names], size=size, quality=quality,
                      min_images=min_images, overwrite=overwrite, report=report.val, desc="pack val")
+    _hint_align(src, size, report)
     return report
+
+
+def _hint_align(src: Path, size: int, report: PackReport) -> None:
+    """Warn when images had to be resized: pack expects aligned crops, not photos."""
+    parts = [r for r in (report, report.val) if r is not None]
+    resized = sum(r.resized for r in parts)
+    if not resized:
+        return
+    total = sum(r.images for r in parts)
+    example = next(e for r in parts for e in r.resized_examples)
+    log.warning("%d of %d images were not %dx%d and were resized (e.g. %s); pack expects aligned face "
+                "crops: for photos run 'python -m facekd.data_prep.align %s ALIGNED' and pack ALIGNED "
+                "(crops of another size: --size)", resized, total, size, size, example, src)
 
 
 def build_parser() -> argparse.ArgumentParser:
