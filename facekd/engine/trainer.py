@@ -42,6 +42,9 @@ from facekd.engine.optim import (
     build_scheduler,
     milestones_tuple,
 )
+from facekd.engine.sharded_state import (
+    full_module_state, full_optimizer_state, load_module_state, load_optimizer_state,
+)
 from facekd.engine.task import TrainTask
 from facekd.log import get_logger, progress
 from facekd.models.weights import make_facekd_checkpoint, save_weights_file
@@ -256,66 +259,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # state: gather (collective) and restore
 
-    def _row_sizes(self, param: Tensor) -> list[int]:
-        return [int(n) for n in fdist.all_gather_objects(int(param.shape[0]))]
-
     def _full_module_state(self, name: str) -> dict[str, Tensor]:
         """State dict of a module on CPU; a sharded module's rows gathered from every rank."""
-        module = self.modules[name]
-        state = module.state_dict()
-        if name in self.sharded:
-            state = {k: fdist.gather_rows(v, self._row_sizes(v)) for k, v in state.items()}
-        return {k: v.detach().cpu() for k, v in state.items()}
+        return full_module_state(self.modules[name], name in self.sharded)
 
     def _load_module_state(self, name: str, state: Mapping[str, Tensor]) -> None:
-        module = self.modules[name]
-        if name in self.sharded:
-            own = module.state_dict()
-            sliced = {}
-            for k, v in state.items():
-                sizes = self._row_sizes(own[k])
-                start = sum(sizes[:self.info.rank])
-                sliced[k] = v[start:start + sizes[self.info.rank]]
-            state = sliced
-        module.load_state_dict(state, strict=True)
-
-    def _param_index(self) -> list[tuple[Tensor, bool]]:
-        """(parameter, is sharded) in optimizer order."""
-        sharded_ids = {id(p) for p in self.sharded_params}
-        return [(p, id(p) in sharded_ids) for g in self.optimizer.param_groups for p in g["params"]]
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        """Optimizer state with the per-row state of sharded parameters gathered (collective)."""
-        state = self.optimizer.state_dict()
-        params = self._param_index()
-        out_state: dict[int, dict[str, Any]] = {}
-        for idx, (param, is_sharded) in enumerate(params):
-            entry = state["state"].get(idx)
-            if is_sharded:  # every rank must take part, even when this rank has no state yet
-                has = fdist.all_gather_objects(entry is not None)
-                if not all(has):
-                    continue
-                sizes = self._row_sizes(param)
-                entry = {k: fdist.gather_rows(v, sizes) if isinstance(v, Tensor) and v.shape == param.shape else v
-                         for k, v in entry.items()}
-            if entry is not None:
-                out_state[idx] = {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in entry.items()}
-        return {"state": out_state, "param_groups": state["param_groups"]}
-
-    def _load_optimizer_state(self, saved: Mapping[str, Any]) -> None:
-        params = self._param_index()
-        state: dict[int, dict[str, Any]] = {}
-        for idx, entry in saved["state"].items():
-            idx = int(idx)
-            param, is_sharded = params[idx]
-            if is_sharded:
-                sizes = self._row_sizes(param)
-                start = sum(sizes[:self.info.rank])
-                entry = {k: v[start:start + sizes[self.info.rank]] if isinstance(v, Tensor) and v.dim() >= 1
-                         and v.shape[1:] == param.shape[1:] and v.shape[0] == sum(sizes) else v
-                         for k, v in entry.items()}
-            state[idx] = dict(entry)
-        self.optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        load_module_state(self.modules[name], state, name in self.sharded, self.info.rank)
 
     def _checkpoint_state(self) -> dict[str, Any]:
         """Everything needed to continue exactly; collective (every rank must call it)."""
@@ -330,7 +279,7 @@ class Trainer:
             task.arch or type(self.modules[task.backbone_key]).__name__, dict(task.arch_options), backbone,
             head=head, head_name=task.head_name, config=to_dict(self.cfg),
             step=self.step, epoch=self.step // self.steps_per_epoch, modules=states,
-            optimizer=self._optimizer_state(), scheduler=_scheduler_state(self.scheduler),
+            optimizer=full_optimizer_state(self.optimizer, self.sharded_params), scheduler=_scheduler_state(self.scheduler),
             scaler=self.scaler.state_dict(), rng=rng, world_size=self.world)
 
     def _resume(self, target: str) -> None:
@@ -348,7 +297,7 @@ class Trainer:
             if name not in self.modules:
                 raise EngineError(f"{path}: the checkpoint holds module '{name}' that this task does not have")
             self._load_module_state(name, state)
-        self._load_optimizer_state(ckpt["optimizer"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"], self.sharded_params, self.info.rank)
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
