@@ -131,3 +131,32 @@ def test_command_line_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["x.bin"])  # a pair source is required
     assert main(["x.bin", "--lfw-pairs", "pairs.txt"]) == 2  # --root missing
+
+
+def test_save_pairs_never_leaves_the_bin_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from facekd.data_prep.make_bin import check_outputs
+
+    root = tmp_path / "ids"
+    for i in range(4):
+        (root / f"id{i}").mkdir(parents=True)
+        for k in range(2):
+            (root / f"id{i}" / f"{k}.jpg").write_bytes(encode_image(FACES.render(i, k), ".jpg", 80))
+    out, saved = tmp_path / "mine_test.bin", tmp_path / "mine_pairs.txt"
+    argv = [str(out), "--folder", str(root), "--num-pairs", "4", "--folds", "2"]
+    # the pair list named as the .bin itself: refused before anything is written
+    with caplog.at_level("ERROR"):
+        assert main(argv + ["--save-pairs", str(out)]) == 2
+    assert "is the output .bin itself" in caplog.records[-1].getMessage() and not out.exists()
+    assert main(argv + ["--save-pairs", str(saved)]) == 0
+    assert load_bin(out)[1].tolist() == [True, False, True, False]
+    assert len(saved.read_text().splitlines()) == 4
+    # a rerun that would refuse the .bin leaves the pairs file alone (it still describes the .bin)
+    before = saved.read_bytes()
+    assert main(argv[:-4] + ["--num-pairs", "8", "--folds", "2", "--seed", "3", "--save-pairs", str(saved)]) == 2
+    assert saved.read_bytes() == before and len(load_bin(out)[1]) == 4
+    assert main(argv + ["--save-pairs", str(saved), "--seed", "3", "--overwrite"]) == 0
+    with pytest.raises(DataPrepError, match="--save-pairs writes the pairs sampled with --folder"):
+        check_outputs(tmp_path / "x.bin", saved, folder=None, overwrite=False)
+    with pytest.raises(OutputExistsError, match="exists; pass --overwrite"):
+        check_outputs(tmp_path / "x.bin", saved, folder=str(root), overwrite=False)
+    check_outputs(tmp_path / "x.bin", tmp_path / "new.txt", folder=str(root), overwrite=False)

@@ -39,7 +39,7 @@ from facekd.log import get_logger, progress
 
 __all__ = [
     "Pair", "BinReport", "PAIR_SOURCES", "read_lfw_pairs", "read_pair_list", "sample_folder_pairs",
-    "write_pair_list", "build_bin", "build_parser", "main",
+    "write_pair_list", "check_outputs", "build_bin", "build_parser", "main",
 ]
 
 log = get_logger(__name__)
@@ -272,10 +272,28 @@ def _from_list(args: argparse.Namespace) -> list[Pair]:
 
 @_source("folder")
 def _from_folder(args: argparse.Namespace) -> list[Pair]:
-    pairs = sample_folder_pairs(args.folder, args.num_pairs, args.folds, args.seed)
-    if args.save_pairs:
-        write_pair_list(args.save_pairs, pairs, args.folder)
-    return pairs
+    return sample_folder_pairs(args.folder, args.num_pairs, args.folds, args.seed)
+
+
+def check_outputs(output: str | PathLike[str], save_pairs: str | PathLike[str] | None, *,
+                  folder: str | None, overwrite: bool) -> None:
+    """Refuse, before anything is read or written, outputs that exist (without ``--overwrite``), a
+    ``--save-pairs`` file that is the .bin itself, and ``--save-pairs`` without ``--folder``."""
+    out = Path(output)
+    targets = [out]
+    if save_pairs is not None:
+        pairs_path = Path(save_pairs)
+        if folder is None:
+            raise DataPrepError("--save-pairs writes the pairs sampled with --folder; the other sources "
+                                "already are pair files")
+        if pairs_path.resolve() == out.resolve():
+            raise DataPrepError(f"--save-pairs {pairs_path} is the output .bin itself; name the pair "
+                                f"list differently, e.g. --save-pairs {out.with_suffix('.pairs.txt')}")
+        targets.append(pairs_path)
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{existing[0]} exists; pass --overwrite to replace "
+                                + ("it" if len(existing) == 1 else "both"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,9 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     dest = next(d for d in PAIR_SOURCES if getattr(args, d) is not None)
     try:
+        check_outputs(args.output, args.save_pairs, folder=args.folder, overwrite=args.overwrite)
         pairs = PAIR_SOURCES[dest](args)
         report = build_bin(pairs, args.output, size=args.size, quality=args.quality,
                            resize=not args.no_resize, overwrite=args.overwrite)
+        if args.save_pairs:  # only once the .bin it describes exists
+            log.info("wrote the sampled pairs to %s", write_pair_list(args.save_pairs, pairs, args.folder))
     except (DataPrepError, DataFormatError, DataFileNotFoundError) as err:
         log.error("%s", err)
         return 2
