@@ -5,6 +5,7 @@ exposes ``main(argv) -> int``.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from typing import Sequence
@@ -34,6 +35,14 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def suggest_verb(verb: str) -> str | None:
+    """The verb ``verb`` most likely meant (``make_bin`` -> ``make-bin``, ``distil`` -> ``distill``)."""
+    if verb.replace("_", "-") in VERBS:
+        return verb.replace("_", "-")
+    close = difflib.get_close_matches(verb.replace("_", "-").lower(), list(VERBS), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch ``argv[0]`` to its entry module."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -46,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
-        print(f"facekd: unknown verb '{verb}'\n\n{_usage()}", file=sys.stderr)
+        guess = suggest_verb(verb)
+        hint = f"; did you mean '{guess}'? (facekd {guess} {' '.join(rest)})".rstrip() if guess else ""
+        print(f"facekd: unknown verb '{verb}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(VERBS[verb][0])
     return int(module.main(rest) or 0)
