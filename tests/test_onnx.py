@@ -137,3 +137,27 @@ def test_onnx_with_normalisation_inside_the_graph_gets_raw_pixels(tmp_path: Path
     torch.testing.assert_close(plain(x), expected, rtol=1e-4, atol=1e-4)
     teacher = load_teacher(tmp_path / "raw.onnx")  # the distillation teacher takes the same path
     torch.testing.assert_close(teacher.embed(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_export_check_logs_its_relative_figure_and_tolerance(tmp_path: Path, small_r18: nn.Module,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Huge (untrained-looking) embeddings: the absolute difference is large, the logged relative
+    figure is what the tolerance judges, and it says so."""
+    import copy
+    import re
+
+    big = copy.deepcopy(small_r18)
+    with torch.no_grad():
+        big.fc.weight.mul_(1e7)
+        big.fc.bias.mul_(1e7)
+    with caplog.at_level("INFO", logger="facekd"):
+        export_onnx(big, tmp_path / "big.onnx", tolerance=1e-3)
+    line = next(r.getMessage() for r in caplog.records if "onnxruntime check passed" in r.getMessage())
+    m = re.search(r"max \|torch - onnxruntime\| = (\S+), relative to max\(1, max \|embedding\| = (\S+)\): "
+                  r"(\S+) <= tolerance (\S+)$", line)
+    assert m, line
+    diff, scale, relative, tol = (float(v) for v in m.groups())
+    assert scale > 1e5 and tol == 1e-3
+    assert relative == pytest.approx(diff / scale, rel=0.01) and relative <= tol
+    with pytest.raises(OnnxExportError, match=r"relative to max\(1, max \|embedding\| = .*above the tolerance 1e-12"):
+        export_onnx(big, tmp_path / "strict.onnx", tolerance=1e-12)
