@@ -17,6 +17,8 @@ from facekd.eval.verify import VerificationSet, main as verify_main, verify_mode
 from facekd.models.registry import build_backbone
 from facekd.models.weights import make_facekd_checkpoint, save_weights_file
 
+from _by_hand import accuracy_by_hand, embed_by_hand, identity_ranks_by_hand
+
 OPTIONS = {"input_size": 32, "width": 0.125, "embedding_size": 16}
 
 
@@ -41,32 +43,9 @@ def workdir(tmp_path_factory, splits):
     return root, model
 
 
-def _embed_by_hand(model, images: np.ndarray) -> np.ndarray:
-    """The insightface protocol written out: (x/255 - 0.5)/0.5, image + flip embeddings summed, unit length."""
-    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
-    with torch.no_grad():
-        emb = (model.eval()(x) + model(torch.flip(x, dims=[3]))).numpy().astype(np.float64)
-    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
-
-
-def _accuracy_by_hand(model, splits) -> float:
-    """10 contiguous folds, thresholds arange(0, 4, 0.01), best (first) threshold on 9 folds, same <=> dist < thr."""
-    emb = _embed_by_hand(model, splits.pair_images)
-    dist = ((emb[0::2] - emb[1::2]) ** 2).sum(1)
-    same = np.asarray(splits.issame, dtype=bool)
-    folds = np.array_split(np.arange(len(dist)), 10)
-    thresholds = np.arange(0, 4, 0.01)
-    accs = []
-    for test in folds:
-        train = np.setdiff1d(np.arange(len(dist)), test)
-        best = thresholds[int(np.argmax([((dist[train] < t) == same[train]).mean() for t in thresholds]))]
-        accs.append(((dist[test] < best) == same[test]).mean())
-    return float(np.mean(accs))
-
-
 @pytest.fixture(scope="module")
 def hand_accuracy(workdir, splits) -> float:
-    return _accuracy_by_hand(workdir[1], splits)
+    return accuracy_by_hand(workdir[1], splits.pair_images, splits.issame)
 
 
 def _check_report(out, expected_accuracy: float) -> dict:
@@ -137,16 +116,8 @@ def test_identify_with_rec_datasets(workdir, splits, tmp_path) -> None:
     assert report["gallery_size"] == 12 and report["n_mated"] == 24 and report["n_nonmated"] == 6
     # CMC recomputed by hand: rank of the true identity among gallery identities ordered by best cosine
     _, model = workdir
-    gallery, probes = _embed_by_hand(model, splits.gallery_images), _embed_by_hand(model, splits.probe_images)
-    sims, ranks = probes @ gallery.T, []
-    for row, label in zip(sims, probe_labels):
-        if label not in set(splits.gallery_labels.tolist()):
-            continue
-        best = {}
-        for score, g in sorted(zip(row.tolist(), splits.gallery_labels.tolist()), reverse=True):
-            best.setdefault(g, len(best) + 1)
-        ranks.append(best[label])
-    ranks = np.array(ranks)
+    gallery, probes = embed_by_hand(model, splits.gallery_images), embed_by_hand(model, splits.probe_images)
+    ranks = identity_ranks_by_hand(probes, probe_labels, gallery, splits.gallery_labels)
     assert len(ranks) == 24
     for k in (1, 5, 10):
         assert report["cmc"][f"rank{k}"] == pytest.approx((ranks <= k).mean(), abs=1e-9), k
@@ -194,3 +165,36 @@ def test_identify_with_image_folders_matches_identities_by_name(workdir, splits,
                         "--probes", str(tmp_path / "probes"), "--out", str(tmp_path / "out2")])
     again = json.loads((tmp_path / "out2" / "identification.json").read_text())
     assert rc == 0 and again["n_mated"] == 24 and again["cmc"] == report["cmc"]
+
+
+def test_verify_explains_small_folds_below_chance_and_nan(workdir, capsys) -> None:
+    from facekd.eval.verification import evaluate
+    from facekd.eval.verify import MIN_PAIRS_PER_FOLD, metric_notes
+
+    root, _ = workdir
+    assert verify_main(["--model", str(root / "ckpt.pt"), "--bins", str(root / "synth.bin"),
+                        "--out", str(root / "notes")]) == 0
+    out = capsys.readouterr().out
+    assert "note [synth]: 60 pairs in 10 folds is 6 pairs per fold (fewer than 50)" in out
+    report = json.loads((root / "notes" / "verification.json").read_text())
+    assert any("6 pairs per fold" in n for n in report["sets"]["synth"]["notes"])
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((2000, 16))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    blocked = np.r_[np.ones(500, bool), np.zeros(500, bool)]  # genuine first, impostors last: 5 folds each
+    metrics = evaluate(emb, blocked, nfolds=10)
+    assert math.isnan(metrics["val_at_far"])
+    notes = metric_notes(metrics, blocked, 10)
+    nan_note = next(n for n in notes if n.startswith("VAL@FAR=1e-3 is nan"))
+    assert "test fold(s) 6, 7, 8, 9, 10 of 10 hold no genuine pair" in nan_note
+    assert any("hold no impostor pair" in n and "1, 2, 3, 4, 5" in n for n in notes)
+    assert not any("pairs per fold" in n for n in notes)  # 100 per fold is enough
+
+    interleaved = np.tile([True, False], 500)  # balanced in every fold: well-defined and quiet
+    quiet = evaluate(emb + 3.0 * np.repeat(rng.standard_normal((500, 16)), 4, axis=0)[:2000] * 0, interleaved)
+    assert not math.isnan(quiet["val_at_far"])
+    assert [n for n in metric_notes(quiet, interleaved, 10) if "nan" in n] == []
+    low = dict(quiet, accuracy=0.175)
+    assert any(n.startswith("Accuracy-Flip 0.175 is below chance (0.500") for n in metric_notes(low, interleaved, 10))
+    assert MIN_PAIRS_PER_FOLD == 50
