@@ -90,7 +90,8 @@ def test_srd_face_matches_hand_computation(face_case: dict, mode: str, subset: b
                  TeacherOutput(embedding=t64(f["e_t"]), critic=CosineCritic(t64(f["W"]), S), centres=centres),
                  batch_of(f["n"]))
     assert set(terms) == {"srd/logits", "srd/feat"}
-    W = f["W"][centres.numpy()] if subset else f["W"]
+    # KL scores the sampled centres; the MSE is over all classes whatever the sample (closed form)
+    W = f["W"][centres.numpy()] if subset and mode == "kl" else f["W"]
     phi = np_phi_face(f["e_s"], w, g, b)
     z_hat = S * np_normalize(phi) @ np_normalize(W).T
     z_t = S * np_normalize(f["e_t"]) @ np_normalize(W).T
@@ -432,3 +433,44 @@ def test_negative_or_nan_loss_weights_are_refused() -> None:
         with pytest.raises(LossError, match="must be >= 0"):
             parse_loss_spec(spec)
     assert parse_loss_spec("srd:0,kd:0.5") == [("srd", 0.0), ("kd", 0.5)]
+
+
+# ---------------------------------------------------------------- closed-form critic MSE
+def test_critic_matching_mse_equals_explicit_logits_over_all_classes() -> None:
+    """s^2/C d^T (W^T W) d per row is the MSE of the [N, C] s*cos logits, value and gradient."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(3000, 16, generator=gen, dtype=torch.float64)
+    critic = CosineCritic(w.float(), 30.0)
+    f = torch.randn(5, 16, generator=gen).requires_grad_(True)
+    t = torch.randn(5, 16, generator=gen)
+    got = critic.matching_mse(f, t)
+    got.backward()
+    f64 = f.detach().double().requires_grad_(True)
+    wn = torch.nn.functional.normalize(w, dim=1)
+    z_hat = 30.0 * torch.nn.functional.normalize(f64, dim=1) @ wn.T
+    z_t = 30.0 * torch.nn.functional.normalize(t.double(), dim=1) @ wn.T
+    want = ((z_hat - z_t) ** 2).mean()
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert torch.allclose(f.grad.double(), f64.grad, rtol=1e-4, atol=1e-9)
+    assert critic.weight.grad is None
+
+
+def test_critic_gram_follows_the_weights() -> None:
+    critic = CosineCritic(torch.eye(4)[:3], 2.0)
+    first = critic.gram().clone()
+    assert torch.allclose(first, torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0])))
+    with torch.no_grad():
+        critic.weight.copy_(torch.eye(4)[1:])
+    assert torch.allclose(critic.gram(), torch.diag(torch.tensor([0.0, 1.0, 1.0, 1.0])))
+
+
+def test_srd_mse_with_partial_fc_sample_scores_all_classes() -> None:
+    """Under Partial FC the MSE term does not depend on which centres were sampled."""
+    gen = torch.Generator().manual_seed(1)
+    loss = build_loss("srd", "face", student_dim=6, teacher_dim=8)
+    critic = CosineCritic(torch.randn(50, 8, generator=gen), 64.0)
+    e_s, e_t = torch.randn(4, 6, generator=gen), torch.randn(4, 8, generator=gen)
+    values = [loss(StudentOutput(embedding=e_s), TeacherOutput(embedding=e_t, critic=critic, centres=c),
+                   batch_of(4))["srd/logits"].item() for c in (None, torch.tensor([1, 7, 9]), torch.arange(40))]
+    assert values[0] == pytest.approx(values[1], rel=1e-6) and values[0] == pytest.approx(values[2], rel=1e-6)

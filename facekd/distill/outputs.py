@@ -105,6 +105,22 @@ class TeacherOutput:
             self._memo["logits"] = critic(self.vector, self.centres).detach()
         return self._memo["logits"]
 
+    def logit_mse(self, features: Tensor, loss: str, rows: Tensor | None = None) -> Tensor:
+        """MSE of cross-network logits ``critic(features)`` against the teacher's logits of the
+        same rows (``rows`` of the batch, all when None). A critic with ``matching_mse`` (face
+        centres) scores all its classes in closed form, whatever ``centres`` says; others go
+        through the logits over ``centres``."""
+        critic = self.require("critic", loss)
+        if hasattr(critic, "matching_mse"):
+            target = self.vector if rows is None else self.vector.index_select(0, rows)
+            return critic.matching_mse(features, target)
+        z_hat = critic(features, self.centres).float()
+        z_t = self.teacher_logits(loss)
+        z_t = z_t if rows is None else z_t.index_select(0, rows)
+        if z_hat.shape != z_t.shape:
+            raise DistillInputError(f"{loss} logits: shapes differ, {list(z_hat.shape)} vs {list(z_t.shape)}")
+        return (z_hat - z_t.float()).pow(2).mean()
+
     def cross_logits(self, features: Tensor, loss: str) -> Tensor:
         """Cross-network logits: the critic applied to (connected) student ``features``, gradients kept."""
         critic = self.require("critic", loss)

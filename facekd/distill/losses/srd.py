@@ -11,8 +11,12 @@ batch, labeled or from an unlabeled open-set pool, is distilled. Terms (already 
 * ``srd/feat``   = beta * lambda_f * D(phi(student), teacher feature), D = 2 - 2 cos (``feat_norm="l2"``)
   or the MSE of raw vectors (``"none"``).
 
-Faces (``kind="face"``, facekd's variant): z = s * cos(W_t, .) without margin (``CosineCritic``),
-over all centres or the subset ``TeacherOutput.centres`` (Partial FC's sampled centres). Defaults,
+Faces (``kind="face"``, facekd's variant): z = s * cos(W_t, .) without margin (``CosineCritic``).
+The MSE is over all C classes, as published, and is computed in closed form
+(``CosineCritic.matching_mse``: s^2/C * d^T W^T W d per row, d the difference of unit vectors) so
+its cost per row is D^2 whatever C: at MS1M's 93k classes scoring even a 10 % Partial FC sample
+cost as much as half a 32 px student step (issue 13's rehearsal). ``mode="kl"`` needs the logits
+and scores the subset ``TeacherOutput.centres`` (Partial FC's sampled centres) when there is one. Defaults,
 and why (issue 19: at the commands' own defaults, s=64 m=0.5 without warm-up, the earlier form drove
 students below the student trained alone, and in one user's run to chance):
 
@@ -101,12 +105,15 @@ class CriticMatchingLoss(DistillLoss):
             zero = anchor.sum() * 0.0 + sum(p.sum() for p in self.parameters()) * 0.0
             return {self.term("logits"): zero, self.term("feat"): zero}
         phi = self.connect(student, rows)
-        z_hat = teacher.cross_logits(phi, self.name)
-        z_t = take_rows(teacher.teacher_logits(self.name), rows)
         target = take_rows(self.teacher_vector(teacher), rows).detach()
-        l_logits = logit_matching(z_hat, z_t, self.mode, self.temperature, f"{self.name} logits")
-        if self.logit_norm == "unit" and self.mode == "mse":
-            l_logits = l_logits * unit_logit_factor(teacher)
+        if self.mode == "mse":
+            l_logits = teacher.logit_mse(phi, self.name, rows)
+            if self.logit_norm == "unit":
+                l_logits = l_logits * unit_logit_factor(teacher)
+        else:
+            z_hat = teacher.cross_logits(phi, self.name)
+            z_t = take_rows(teacher.teacher_logits(self.name), rows)
+            l_logits = logit_matching(z_hat, z_t, self.mode, self.temperature, f"{self.name} logits")
         l_feat = feature_mse(phi, target, self.feat_norm, f"{self.name} features")
         return {self.term("logits"): self.logit_weight * l_logits, self.term("feat"): self.feat_weight * l_feat}
 
