@@ -192,9 +192,9 @@ def test_verify_explains_small_folds_below_chance_and_nan(workdir, capsys) -> No
     assert not any("pairs per fold" in n for n in notes)  # 100 per fold is enough
 
     interleaved = np.tile([True, False], 500)  # balanced in every fold: well-defined and quiet
-    quiet = evaluate(emb + 3.0 * np.repeat(rng.standard_normal((500, 16)), 4, axis=0)[:2000] * 0, interleaved)
+    quiet = evaluate(emb, interleaved)
     assert not math.isnan(quiet["val_at_far"])
-    assert [n for n in metric_notes(quiet, interleaved, 10) if "nan" in n] == []
+    assert [n for n in metric_notes(quiet, interleaved, 10) if " is nan" in n or "hold no" in n] == []
     low = dict(quiet, accuracy=0.175)
     assert any(n.startswith("Accuracy-Flip 0.175 is below chance (0.500") for n in metric_notes(low, interleaved, 10))
     assert MIN_PAIRS_PER_FOLD == 50

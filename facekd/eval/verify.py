@@ -18,10 +18,14 @@ import numpy as np
 
 from facekd.eval.embed import DEFAULT_BATCH_SIZE, FaceEmbedder, parse_model_options, user_errors
 from facekd.eval.verification import (TAR_FAR_TARGETS, VerificationInputError, evaluate, far_key,
-                                      pair_distances, roc_points)
+                                      fold_splits, pair_distances, roc_points)
 from facekd.log import get_logger
 
 log = get_logger("facekd.eval.verify")
+
+MIN_PAIRS_PER_FOLD = 50
+"""Below this many pairs per fold a fold's accuracy moves in steps of 2% or more and its fitted
+threshold is noise; verify says so."""
 
 
 @dataclass
@@ -70,8 +74,54 @@ def verify_model(model: Any, sets: Sequence[VerificationSet], batch_size: int = 
         emb = embedder.embed(vs.images, desc=vs.name, show_progress=show_progress)
         metrics = evaluate(emb, vs.issame, nfolds=nfolds)
         log.info("[%s]Accuracy-Flip: %1.5f+-%1.5f", vs.name, metrics["accuracy"], metrics["accuracy_std"])
+        metrics["notes"] = metric_notes(metrics, vs.issame, nfolds)
+        for note in metrics["notes"]:
+            log.warning("[%s] %s", vs.name, note)
         results.append(SetResult(vs.name, metrics, pair_distances(emb), vs.issame))
     return results
+
+
+def _folds_text(folds: Sequence[int]) -> str:
+    return ", ".join(str(k + 1) for k in folds[:5]) + (f" (+{len(folds) - 5} more)" if len(folds) > 5 else "")
+
+
+def metric_notes(metrics: dict[str, Any], issame: np.ndarray, nfolds: int) -> list[str]:
+    """Why a set's figures may mislead: folds too small, accuracy at or below chance, NaN metrics."""
+    same = np.asarray(issame, dtype=bool)
+    n = int(same.size)
+    notes: list[str] = []
+    per_fold = n // nfolds
+    if per_fold < MIN_PAIRS_PER_FOLD:
+        notes.append(f"{n} pairs in {nfolds} folds is {per_fold} pairs per fold (fewer than {MIN_PAIRS_PER_FOLD}): "
+                     f"each fold's accuracy moves in steps of {1.0 / max(per_fold, 1):.2g} and its threshold is "
+                     f"fitted on {n - per_fold} pairs, so Accuracy-Flip is not meaningful; use more pairs "
+                     f"(make_bin --num-pairs) or fewer --nfolds")
+    chance = max(float(same.mean()), 1.0 - float(same.mean())) if n else 0.5
+    if metrics["accuracy"] < chance:
+        notes.append(f"Accuracy-Flip {metrics['accuracy']:.3f} is below chance ({chance:.3f}, always answering "
+                     f"the majority label): thresholds fitted on the training folds do not carry over to the "
+                     f"test folds; with few pairs that is noise, else the model is untrained or loaded wrongly "
+                     f"(--arch, --model-option width=/input_size=)")
+    no_same, no_diff = [], []
+    for k, (_, test) in enumerate(fold_splits(n, nfolds)):
+        if not same[test].any():
+            no_same.append(k)
+        if same[test].all():
+            no_diff.append(k)
+    if np.isnan(metrics["val_at_far"]):
+        why = (f"test fold(s) {_folds_text(no_same)} of {nfolds} hold no genuine pair, so VAL (genuine pairs "
+               f"accepted) is undefined there; the folds are contiguous blocks of the file, as insightface's, "
+               f"so build the .bin with genuine and impostor pairs in every block (make_bin --folds "
+               f"{nfolds}) or pass the --nfolds it was built with") if no_same else \
+              "it is undefined on these pairs (non-finite distances: check the embeddings)"
+        notes.append(f"VAL@FAR=1e-3 is nan: {why}")
+    if np.isnan(metrics.get("val_far", 0.0)) and no_diff:
+        notes.append(f"the FAR behind VAL@FAR is nan: test fold(s) {_folds_text(no_diff)} of {nfolds} hold no "
+                     f"impostor pair")
+    for key in ("accuracy", "auc", "eer"):
+        if np.isnan(metrics.get(key, 0.0)):
+            notes.append(f"{key} is nan: the embeddings hold non-finite values (an untrained or diverged model?)")
+    return notes
 
 
 def format_table(results: Sequence[SetResult]) -> str:
@@ -93,6 +143,7 @@ def format_table(results: Sequence[SetResult]) -> str:
     notes = {f"{r.name} TAR@FAR={k}": v for r in results for k, v in r.metrics["tar_at_far_skipped"].items()}
     if notes:
         lines.append("n/a: " + "; ".join(f"{k} {v}" for k, v in notes.items()))
+    lines += [f"note [{r.name}]: {note}" for r in results for note in r.metrics.get("notes", [])]
     return "\n".join(lines)
 
 
