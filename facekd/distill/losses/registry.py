@@ -14,7 +14,6 @@ each term multiplied by its loss's weight.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -22,22 +21,15 @@ import torch
 from torch import Tensor, nn
 
 from facekd.distill.outputs import StudentOutput, TeacherOutput
+from facekd.registry import Registry, did_you_mean
 
 __all__ = [
-    "KINDS", "LOSS_MODULES", "LossError", "UnknownLossError", "InvalidLossOptionError", "DistillLoss",
+    "KINDS", "LOSSES", "LossError", "UnknownLossError", "InvalidLossOptionError", "DistillLoss",
     "register_loss", "list_losses", "loss_options", "build_loss", "parse_loss_spec", "parse_loss_options",
     "build_losses", "LossSet", "select_rows", "parse_option_value",
 ]
 
 KINDS = ("face", "classifier")
-LOSS_MODULES = (
-    "facekd.distill.losses.srd",
-    "facekd.distill.losses.srrl",
-    "facekd.distill.losses.kd",
-    "facekd.distill.losses.feat",
-    "facekd.distill.losses.cosine",
-)
-"""Modules whose import registers losses; extend when adding a method."""
 
 
 class LossError(ValueError):
@@ -70,7 +62,9 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
 
-_LOSSES: dict[tuple[str, str], type[DistillLoss]] = {}
+LOSSES: Registry[type[DistillLoss]] = Registry("distillation loss", kinds=KINDS, error=UnknownLossError,
+                                               package="facekd.distill.losses")
+"""Every loss class by name and student kind; each module of this package registers its own on import."""
 
 
 def register_loss(name: str, kinds: Sequence[str] = KINDS) -> Callable[[type[DistillLoss]], type[DistillLoss]]:
@@ -80,36 +74,29 @@ def register_loss(name: str, kinds: Sequence[str] = KINDS) -> Callable[[type[Dis
         raise ValueError(f"unknown kind(s) {bad}; kinds are {KINDS}")
 
     def wrap(cls: type[DistillLoss]) -> type[DistillLoss]:
-        for kind in kinds:
-            if _LOSSES.get((name, kind), cls) is not cls:
-                raise ValueError(f"loss '{name}' registered twice for kind '{kind}'")
-            _LOSSES[(name, kind)] = cls
+        LOSSES.add(name, cls, kinds=tuple(kinds))
         cls.name = name
         return cls
     return wrap
 
 
-def _load_all() -> None:
-    for mod in LOSS_MODULES:
-        importlib.import_module(mod)
-
-
 def list_losses(kind: str | None = None) -> list[str]:
     """Registered loss names (for one student kind when given)."""
-    _load_all()
-    return sorted({n for n, k in _LOSSES if kind is None or k == kind})
+    return LOSSES.names(kind)
 
 
 def _lookup(name: str, kind: str) -> type[DistillLoss]:
-    _load_all()
     if kind not in KINDS:
         raise LossError(f"unknown student kind '{kind}'; kinds are {', '.join(KINDS)}")
-    if (name, kind) not in _LOSSES:
-        known = ", ".join(list_losses(kind))
-        other = [k for n, k in _LOSSES if n == name]
-        hint = f" ('{name}' exists for {', '.join(other)} students only)" if other else ""
-        raise UnknownLossError(f"unknown distillation loss '{name}' for {kind} students{hint}; known: {known}")
-    return _LOSSES[(name, kind)]
+    known = list_losses(kind)
+    entries = [e for e in LOSSES.entries() if e.name == name]
+    for entry in entries:
+        if entry.serves(kind):
+            return entry.value
+    other = sorted({k for e in entries for k in e.kinds})
+    hint = (f" ('{name}' exists for {', '.join(other)} students only)" if other
+            else did_you_mean(name, known))
+    raise UnknownLossError(f"unknown distillation loss '{name}' for {kind} students{hint}; known: {', '.join(known)}")
 
 
 def loss_options(name: str, kind: str = "face") -> dict[str, Any]:
