@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from facekd.registry import Registry
+
 __all__ = [
     "FACE_MEAN", "FACE_STD", "CIFAR_MEAN", "CIFAR_STD", "ImageTransform", "TRANSFORMS",
     "register_transform", "build_transform", "face_train_transform", "face_eval_transform",
@@ -94,26 +96,18 @@ class ImageTransform:
             "buffer": _ZEROS4, "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
 
 
-TRANSFORMS: dict[str, Callable[..., ImageTransform]] = {}
+TRANSFORMS: Registry[Callable[..., ImageTransform]] = Registry("transform")
+"""Image pipeline builders ``builder(**knobs) -> ImageTransform`` by name."""
 
 
 def register_transform(name: str) -> Callable[[Callable[..., ImageTransform]], Callable[..., ImageTransform]]:
     """Decorator adding a pipeline builder to ``TRANSFORMS`` under ``name``."""
-    def deco(fn: Callable[..., ImageTransform]) -> Callable[..., ImageTransform]:
-        if name in TRANSFORMS:
-            raise ValueError(f"transform {name!r} registered twice")
-        TRANSFORMS[name] = fn
-        return fn
-    return deco
+    return TRANSFORMS.register(name)
 
 
 def build_transform(name: str, **knobs: Any) -> ImageTransform:
     """The pipeline registered as ``name`` (``face``, ``face_eval``, ``cifar``, ``cifar_eval``)."""
-    try:
-        builder = TRANSFORMS[name]
-    except KeyError:
-        raise ValueError(f"unknown transform {name!r}; choose from {sorted(TRANSFORMS)}") from None
-    return builder(**knobs)
+    return TRANSFORMS.get(name)(**knobs)
 
 
 def _compose(steps: list[A.BasicTransform], seed: int | None) -> A.Compose:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from facekd.data_prep.errors import DataPrepError, DetectorModelError
+from facekd.registry import Registry
 
 __all__ = [
     "Face", "FaceDetector", "DetectorSpec", "DETECTORS", "register_detector", "build_detector",
@@ -67,23 +68,19 @@ class DetectorSpec:
 
 _Factory = Callable[[DetectorSpec], FaceDetector]
 _Checker = Callable[[DetectorSpec], None]
-DETECTORS: dict[str, tuple[_Factory, _Checker]] = {}
+DETECTORS: Registry[_Factory] = Registry("detector", error=DataPrepError)
+"""Detector factories by name; each entry's ``meta["check"]`` validates a spec before workers start."""
 
 
 def register_detector(name: str, check: _Checker) -> Callable[[_Factory], _Factory]:
     """Class/function decorator adding a detector factory under ``name``; ``check`` validates a
     spec cheaply (files, packages) in the parent process before workers start."""
-    def deco(factory: _Factory) -> _Factory:
-        DETECTORS[name] = (factory, check)
-        return factory
-    return deco
+    return DETECTORS.register(name, check=check)
 
 
 def _lookup(name: str) -> tuple[_Factory, _Checker]:
-    try:
-        return DETECTORS[name]
-    except KeyError:
-        raise DataPrepError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}") from None
+    entry = DETECTORS.entry(name)
+    return entry.value, entry.meta["check"]
 
 
 def check_detector(spec: DetectorSpec) -> None:
@@ -208,15 +205,13 @@ def _retinaface(spec: DetectorSpec) -> FaceDetector:
 
 # ----------------------------------------------------------------------------- selection
 _Policy = Callable[[Sequence[Face], tuple[int, int]], np.ndarray]
-SELECTION_POLICIES: dict[str, _Policy] = {}
+SELECTION_POLICIES: Registry[_Policy] = Registry("face selection policy", error=DataPrepError)
+"""Face-ranking policies by name: each returns a key per face, larger is preferred."""
 
 
 def register_policy(name: str) -> Callable[[_Policy], _Policy]:
     """Decorator adding a face-ranking policy: returns a key per face, larger is preferred."""
-    def deco(fn: _Policy) -> _Policy:
-        SELECTION_POLICIES[name] = fn
-        return fn
-    return deco
+    return SELECTION_POLICIES.register(name)
 
 
 @register_policy("largest")
@@ -241,12 +236,10 @@ def _score(faces: Sequence[Face], shape: tuple[int, int]) -> np.ndarray:
 
 def rank_faces(faces: Sequence[Face], shape: tuple[int, int], policy: str) -> list[int]:
     """Indices of ``faces`` from most to least preferred by ``policy`` (ties keep input order)."""
-    if policy not in SELECTION_POLICIES:
-        raise DataPrepError(f"unknown face selection policy {policy!r}; choose one of "
-                            f"{sorted(SELECTION_POLICIES)}")
+    rank = SELECTION_POLICIES.get(policy)
     if not faces:
         return []
-    keys = SELECTION_POLICIES[policy](faces, shape)
+    keys = rank(faces, shape)
     return [int(i) for i in np.argsort(-keys, kind="stable")]
 
 

@@ -16,7 +16,9 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["OptimError", "register_optimizer", "build_optimizer", "list_optimizers", "register_schedule",
+from facekd.registry import Registry
+
+__all__ = ["OptimError", "OPTIMIZERS", "SCHEDULES", "register_optimizer", "build_optimizer", "list_optimizers", "register_schedule",
            "list_schedules", "OptimSettings", "ScheduleSpec", "build_scheduler", "lr_factor", "milestones_tuple"]
 
 
@@ -25,7 +27,8 @@ class OptimError(ValueError):
 
 
 OptimizerBuilder = Callable[[list[dict], "OptimSettings"], Optimizer]
-_OPTIMIZERS: dict[str, OptimizerBuilder] = {}
+OPTIMIZERS: Registry[OptimizerBuilder] = Registry("optimizer", error=OptimError)
+"""Optimizer builders ``builder(param_groups, settings)`` by name."""
 
 
 @dataclass(frozen=True)
@@ -41,15 +44,12 @@ class OptimSettings:
 
 def register_optimizer(name: str) -> Callable[[OptimizerBuilder], OptimizerBuilder]:
     """Decorator registering ``builder(param_groups, settings) -> Optimizer`` under ``name``."""
-    def wrap(builder: OptimizerBuilder) -> OptimizerBuilder:
-        _OPTIMIZERS[name] = builder
-        return builder
-    return wrap
+    return OPTIMIZERS.register(name)
 
 
 def list_optimizers() -> list[str]:
     """Registered optimizer names."""
-    return sorted(_OPTIMIZERS)
+    return OPTIMIZERS.names()
 
 
 @register_optimizer("sgd")
@@ -65,14 +65,13 @@ def _adamw(groups: list[dict], s: OptimSettings) -> Optimizer:
 
 def build_optimizer(name: str, named_params: Iterable[tuple[str, nn.Parameter]], settings: OptimSettings) -> Optimizer:
     """An optimizer over the given (name, parameter) pairs, one group, in the given order."""
-    if name not in _OPTIMIZERS:
-        raise OptimError(f"unknown optimizer '{name}'; known: {', '.join(list_optimizers())}")
+    builder = OPTIMIZERS.get(name)
     if not settings.lr > 0:
         raise OptimError(f"learning rate must be positive, got {settings.lr}")
     pairs = list(named_params)
     if not pairs:
         raise OptimError("nothing to optimise: no module has a parameter with requires_grad=True")
-    return _OPTIMIZERS[name]([{"params": [p for _, p in pairs], "names": [n for n, _ in pairs]}], settings)
+    return builder([{"params": [p for _, p in pairs], "names": [n for n, _ in pairs]}], settings)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,20 +91,18 @@ class ScheduleSpec:
 
 
 DecayFn = Callable[[int, ScheduleSpec], float]
-_SCHEDULES: dict[str, DecayFn] = {}
+SCHEDULES: Registry[DecayFn] = Registry("schedule", error=OptimError)
+"""Decay functions ``decay(step, spec) -> lr multiplier`` by name."""
 
 
 def register_schedule(name: str) -> Callable[[DecayFn], DecayFn]:
     """Decorator registering ``decay(step, spec) -> lr multiplier`` (applied after the warm-up)."""
-    def wrap(fn: DecayFn) -> DecayFn:
-        _SCHEDULES[name] = fn
-        return fn
-    return wrap
+    return SCHEDULES.register(name)
 
 
 def list_schedules() -> list[str]:
     """Registered schedule names."""
-    return sorted(_SCHEDULES)
+    return SCHEDULES.names()
 
 
 def _progress(step: int, spec: ScheduleSpec) -> float:
@@ -139,7 +136,7 @@ class _Factor:
     """The lr multiplier LambdaLR calls; rebuilt from the config on resume, never saved in checkpoints."""
 
     def __init__(self, name: str, spec: ScheduleSpec) -> None:
-        self._decay = _SCHEDULES[name]
+        self._decay = SCHEDULES.get(name)
         self._spec = spec
 
     def __call__(self, step: int) -> float:
@@ -155,8 +152,7 @@ def lr_factor(step: int, spec: ScheduleSpec, decay: DecayFn) -> float:
 
 def build_scheduler(name: str, optimizer: Optimizer, spec: ScheduleSpec) -> LambdaLR:
     """A per-step ``LambdaLR`` following the named schedule; call ``.step()`` after every optimizer step."""
-    if name not in _SCHEDULES:
-        raise OptimError(f"unknown schedule '{name}'; known: {', '.join(list_schedules())}")
+    SCHEDULES.get(name)  # an unknown name raises OptimError listing the known ones
     if spec.total_steps < 1:
         raise OptimError(f"a schedule needs at least one step, got total_steps={spec.total_steps}")
     if spec.warmup_steps < 0 or spec.warmup_steps > spec.total_steps:

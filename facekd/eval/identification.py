@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 
 from facekd.log import get_logger, progress
+from facekd.registry import Registry
 
 log = get_logger(__name__)
 
@@ -124,20 +125,18 @@ class IndexOptions:
 
 
 IndexBuilder = Callable[[np.ndarray, IndexOptions], faiss.Index]
-_INDEX_BUILDERS: dict[str, IndexBuilder] = {}
+INDEXES: Registry[IndexBuilder] = Registry("index kind")
+"""faiss index builders ``(gallery, options) -> empty (trained) index`` by name."""
 
 
 def register_index(name: str) -> Callable[[IndexBuilder], IndexBuilder]:
     """Decorator registering a builder ``(gallery, options) -> empty (trained) faiss index``."""
-    def wrap(builder: IndexBuilder) -> IndexBuilder:
-        _INDEX_BUILDERS[name] = builder
-        return builder
-    return wrap
+    return INDEXES.register(name)
 
 
 def index_kinds() -> list[str]:
     """Names accepted by ``GalleryIndex.build(kind=...)`` besides ``auto`` and factory strings."""
-    return sorted(_INDEX_BUILDERS)
+    return INDEXES.names()
 
 
 def default_kind(n_gallery: int) -> str:
@@ -283,8 +282,8 @@ class GalleryIndex:
             faiss.omp_set_num_threads(options.threads)
         kind = default_kind(emb.shape[0]) if kind == "auto" else kind
         t0 = time.perf_counter()
-        if kind in _INDEX_BUILDERS:
-            index = _INDEX_BUILDERS[kind](emb, options)
+        if kind in INDEXES:
+            index = INDEXES.get(kind)(emb, options)
         else:
             index = _build_factory(kind, emb, options)
         rerank = DEFAULT_RERANK.get(kind, 0) if options.rerank is None else options.rerank

@@ -1,57 +1,19 @@
-"""Backbones (faces and classification), heads, weight loading and ONNX: one flat factory.
+"""Backbones (faces and classification), heads, weight loading and ONNX.
 
-The names below are imported lazily from their submodules on first use.
+Importing the package imports every backbone module, which registers its builders in
+``facekd.models.registry.BACKBONES``: adding a backbone is one new module imported here.
+Heads, weights, ONNX and summaries live in their submodules (``facekd.models.heads`` ...).
 """
 from __future__ import annotations
 
-from facekd._lazy import lazy_exports
+from facekd.models import binary_nets, cifar_resnet, iresnet, mobilefacenet, torchvision_models, wide_resnet
+from facekd.models.outputs import ClassifierOutput, FaceOutput
+from facekd.models.registry import (BACKBONES, UnknownModelError, backbone_kind, build_backbone, list_backbones,
+                                    register_backbone)
+from facekd.models.scaling import InvalidModelOptionError
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "build_backbone": "facekd.models.registry",
-    "list_backbones": "facekd.models.registry",
-    "backbone_kind": "facekd.models.registry",
-    "register_backbone": "facekd.models.registry",
-    "UnknownModelError": "facekd.models.registry",
-    "InvalidModelOptionError": "facekd.models.scaling",
-    "FaceOutput": "facekd.models.outputs",
-    "ClassifierOutput": "facekd.models.outputs",
-    "build_head": "facekd.models.heads",
-    "register_head": "facekd.models.heads",
-    "list_heads": "facekd.models.heads",
-    "MarginHead": "facekd.models.heads",
-    "PartialFC": "facekd.models.partial_fc",
-    "LinearHead": "facekd.models.heads",
-    "save_full_classifier": "facekd.models.heads",
-    "HeadError": "facekd.models.heads",
-    "load_backbone": "facekd.models.weights",
-    "load_classifier": "facekd.models.weights",
-    "load_weights_file": "facekd.models.weights",
-    "save_weights_file": "facekd.models.weights",
-    "make_facekd_checkpoint": "facekd.models.weights",
-    "merge_classifier_shards": "facekd.models.weights",
-    "load_state_dict_strict": "facekd.models.weights",
-    "WeightsFileError": "facekd.models.weights",
-    "StateDictMismatchError": "facekd.models.weights",
-    "FACEKD_FORMAT": "facekd.models.weights",
-    "FACEKD_VERSION": "facekd.models.weights",
-    "export_onnx": "facekd.models.onnx_backbone",
-    "OnnxBackbone": "facekd.models.onnx_backbone",
-    "OnnxModelError": "facekd.models.onnx_backbone",
-    "OnnxExportError": "facekd.models.onnx_backbone",
-    "count_parameters": "facekd.models.summary",
-    "count_macs": "facekd.models.summary",
-    "summarize": "facekd.models.summary",
-    "count_binary_ops": "facekd.models.summary",
-    "model_size_bytes": "facekd.models.summary",
-    "set_binary_stage": "facekd.models.binary_layers",
-    "binary_stage_of": "facekd.models.binary_layers",
-    "BinaryStageError": "facekd.models.binary_layers",
-    "BINARY_STAGES": "facekd.models.binary_layers",
-    "BinaryConv2d": "facekd.models.binary_layers",
-    "RSign": "facekd.models.binary_layers",
-    "RPReLU": "facekd.models.binary_layers",
-    "sign_ste": "facekd.models.binary_layers",
-    "hard_sign": "facekd.models.binary_layers",
-    "BinaryMobileFaceNet": "facekd.models.binary_nets",
-    "BinaryCifarResNet": "facekd.models.binary_nets",
-})
+__all__ = [
+    "BACKBONES", "UnknownModelError", "backbone_kind", "build_backbone", "list_backbones", "register_backbone",
+    "ClassifierOutput", "FaceOutput", "InvalidModelOptionError",
+    "binary_nets", "cifar_resnet", "iresnet", "mobilefacenet", "torchvision_models", "wide_resnet",
+]

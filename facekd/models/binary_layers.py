@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facekd.registry import Registry
+
 __all__ = ["BINARY_STAGES", "DEFAULT_ESTIMATOR", "BinaryStageError", "check_stage", "check_estimator", "hard_sign",
            "register_estimator", "list_estimators", "sign_ste", "weight_scale", "binarize_weight", "RSign", "RPReLU",
            "BinaryConv2d", "set_binary_stage", "binary_stage_of", "binary_convs"]
@@ -59,26 +61,23 @@ def hard_sign(x: Tensor) -> Tensor:
 # straight-through estimators: the derivative used for sign in the backward pass
 
 GradientFn = Callable[[Tensor], Tensor]
-_ESTIMATORS: dict[str, GradientFn] = {}
+ESTIMATORS: Registry[GradientFn] = Registry("sign estimator", error=BinaryStageError)
+"""Surrogate derivatives of sign by name."""
 
 
 def register_estimator(name: str) -> Callable[[GradientFn], GradientFn]:
     """Decorator registering ``d(x) -> Tensor``, the surrogate derivative of sign at x."""
-    def wrap(fn: GradientFn) -> GradientFn:
-        _ESTIMATORS[name] = fn
-        return fn
-    return wrap
+    return ESTIMATORS.register(name)
 
 
 def list_estimators() -> list[str]:
     """Registered straight-through estimator names."""
-    return sorted(_ESTIMATORS)
+    return ESTIMATORS.names()
 
 
 def check_estimator(name: str) -> str:
     """Validate an estimator name and return it."""
-    if name not in _ESTIMATORS:
-        raise BinaryStageError(f"unknown sign estimator '{name}'; known: {', '.join(list_estimators())}")
+    ESTIMATORS.get(name)  # an unknown name raises BinaryStageError listing the known ones
     return name
 
 
@@ -111,7 +110,7 @@ class _SignSTE(torch.autograd.Function):
 
 def sign_ste(x: Tensor, estimator: str = DEFAULT_ESTIMATOR) -> Tensor:
     """Binarise x to +-1 with a straight-through gradient ("clip": clipped identity, "approx": ApproxSign)."""
-    return _SignSTE.apply(x, _ESTIMATORS[check_estimator(estimator)])
+    return _SignSTE.apply(x, ESTIMATORS.get(estimator))
 
 
 def weight_scale(weight: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ from facekd.models.margin import (
     normalised_cosine,
 )
 from facekd.models.partial_fc import PartialFC, shard_range
+from facekd.registry import Registry
 
 __all__ = [
     "COS_EPS", "HeadError", "UnknownHeadError", "InvalidHeadOptionError", "register_head", "build_head",
@@ -36,22 +37,18 @@ class UnknownHeadError(HeadError):
 
 
 HeadBuilder = Callable[..., nn.Module]
-_HEADS: dict[str, HeadBuilder] = {}
+HEADS: Registry[HeadBuilder] = Registry("head", error=UnknownHeadError)
+"""Head builders ``builder(embedding_size, num_classes, **options)`` by name."""
 
 
 def register_head(name: str) -> Callable[[HeadBuilder], HeadBuilder]:
     """Decorator registering a head builder ``builder(embedding_size, num_classes, **options)``."""
-    def wrap(builder: HeadBuilder) -> HeadBuilder:
-        if name in _HEADS and _HEADS[name] is not builder:
-            raise ValueError(f"head name '{name}' registered twice")
-        _HEADS[name] = builder
-        return builder
-    return wrap
+    return HEADS.register(name)
 
 
 def list_heads() -> list[str]:
     """Registered head names."""
-    return sorted(_HEADS)
+    return HEADS.names()
 
 
 def head_options(name: str) -> dict[str, Any]:
@@ -62,9 +59,7 @@ def head_options(name: str) -> dict[str, Any]:
 
 
 def _lookup(name: str) -> HeadBuilder:
-    if name not in _HEADS:
-        raise UnknownHeadError(f"unknown head '{name}'; known: {', '.join(list_heads())}")
-    return _HEADS[name]
+    return HEADS.get(name)
 
 
 def build_head(name: str, embedding_size: int, num_classes: int, **options: Any) -> nn.Module:

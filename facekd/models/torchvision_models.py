@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 from facekd.models.outputs import ClassifierOutput
@@ -91,11 +90,15 @@ def _wrap(arch: str, factory: Callable[..., nn.Module], trunk: Sequence[str], he
 def resnet18(*, num_classes: int = 100, input_size: int = IMAGENET_INPUT_SIZE) -> TorchvisionClassifier:
     """torchvision ResNet-18 (random init); options: num_classes, input_size (nominal, for summaries)."""
     trunk = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    import torchvision  # imported on use: ``import facekd.models`` stays light
+
     return _wrap("resnet18", torchvision.models.resnet18, trunk, "fc", num_classes, input_size)
 
 
 @register_backbone("mobilenet_v2", kind="classifier")
 def mobilenet_v2(*, num_classes: int = 100, input_size: int = IMAGENET_INPUT_SIZE) -> TorchvisionClassifier:
     """torchvision MobileNetV2 (random init); options: num_classes, input_size (nominal, for summaries)."""
+    import torchvision  # imported on use: ``import facekd.models`` stays light
+
     return _wrap("mobilenet_v2", torchvision.models.mobilenet_v2, ("features",), "classifier",
                  num_classes, input_size)
