@@ -16,7 +16,8 @@ from facekd.engine.checkpoint import list_checkpoints
 from facekd.engine.config import parse_training_config
 from facekd.engine.metrics_log import read_metrics
 from facekd.models.weights import load_backbone, load_classifier, load_weights_file
-from facekd.pipelines.train import FaceTrainConfig, init_class_centres, main, run
+from facekd.pipelines.common import init_class_centres
+from facekd.pipelines.train import FaceTrainConfig, main, run
 
 TINY = ["--backbone", "mbf", "--width", "0.125", "--input-size", "32", "--embedding-size", "32",
         "--batch-size", "16", "--workers", "0", "--scale", "16", "--margin", "0.3", "--no-tensorboard",

@@ -35,7 +35,7 @@ from facekd.engine.distributed import DistInfo
 from facekd.engine.task import TrainTask
 from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
-from facekd.pipelines.distill import distill_errors, parse_student_options
+from facekd.pipelines.common import distill_errors, parse_student_options
 from facekd.pipelines.launch import run_command
 
 log = get_logger(__name__)

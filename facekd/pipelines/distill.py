@@ -31,13 +31,13 @@ from facekd.engine.distributed import DistInfo
 from facekd.engine.task import TrainTask
 from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
-from facekd.pipelines.launch import run_command, setup_errors
-from facekd.pipelines.train import FaceVerificationEval, attach_margin_head
+from facekd.pipelines.common import (FaceVerificationEval, attach_margin_head, distill_errors,
+                                     parse_student_options)
+from facekd.pipelines.launch import run_command
 
 log = get_logger(__name__)
 
-__all__ = ["DistillConfig", "DistillTask", "sample_critic_centres", "parse_student_options", "distill_errors", "run",
-           "main"]
+__all__ = ["DistillConfig", "DistillTask", "sample_critic_centres", "run", "main"]
 
 TEACHER_HEAD_FILE = "teacher_head.pth"
 """The fitted teacher classifier, written beside the run's outputs and reused on --resume."""
@@ -104,19 +104,6 @@ class DistillConfig(TrainConfig):
                                                            "every --eval-every steps and at the end")
     val_pairs: int = field(600, help="with synthetic data: held-out synthetic verification pairs (multiple of 20; "
                                      "0 = none)")
-
-
-def parse_student_options(items: Sequence[str]) -> dict[str, Any]:
-    """``["stage=1", "width=0.5"]`` -> ``{"stage": 1, "width": 0.5}`` (ints, floats, booleans parsed)."""
-    from facekd.distill.losses.registry import parse_option_value
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"student option '{item}' is not of the form key=value (e.g. stage=1)")
-        out[key.strip()] = parse_option_value(value)
-    return out
 
 
 def sample_critic_centres(labels: Tensor, num_classes: int, rate: float,
@@ -306,16 +293,6 @@ def run(cfg: DistillConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     info = setup_run(cfg)
     task = DistillTask(cfg, info)
     return Trainer(cfg, task, info, callbacks=callbacks).fit()
-
-
-def distill_errors() -> tuple[type[BaseException], ...]:
-    from facekd.distill.cache import CacheError
-    from facekd.distill.connectors import ConnectorError
-    from facekd.distill.losses.registry import LossError
-    from facekd.distill.outputs import DistillInputError
-    from facekd.distill.teacher import TeacherError
-
-    return setup_errors() + (TeacherError, CacheError, LossError, DistillInputError, ConnectorError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
