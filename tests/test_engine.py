@@ -2,7 +2,6 @@
 resume after a kill, the NaN guard and checkpoint files."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -279,6 +278,9 @@ def test_rng_states_round_trip_and_to_device() -> None:
     restore_rng(state)
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
-    moved = to_device({"x": torch.zeros(2, 3, 4, 4), "n": 3}, torch.device("cpu"), torch.channels_last)
+    x = torch.arange(96.0).reshape(2, 3, 4, 4)
+    moved = to_device({"x": x, "n": 3}, torch.device("cpu"), torch.channels_last)
     assert moved["x"].is_contiguous(memory_format=torch.channels_last) and moved["n"] == 3
-    assert math.isfinite(float(moved["x"].sum()))
+    assert not x.is_contiguous(memory_format=torch.channels_last)  # the input itself is left as it was
+    assert torch.equal(moved["x"], x)  # same values at the same indices, only the memory layout differs
+    assert moved["x"].stride() == (48, 1, 12, 3)
