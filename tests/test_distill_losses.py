@@ -330,7 +330,7 @@ def test_build_losses_applies_weights_to_every_term(face_case: dict) -> None:
 
 
 def test_registry_errors_are_clear() -> None:
-    with pytest.raises(UnknownLossError, match="known: cosine, feat, kd, srd, srrl"):
+    with pytest.raises(UnknownLossError, match="known: adadistill, cosine, feat, kd, proxyless, srd, srrl"):
         build_losses("srd,bogus", "face", student_dim=4, teacher_dim=4)
     with pytest.raises(InvalidLossOptionError, match="takes: mode='mse'"):
         build_loss("srd", "face", student_dim=4, teacher_dim=4, temperature=2)
