@@ -1,22 +1,16 @@
 """Shipping a student: fp32 / fp16 / int8 ONNX variants checked against torch, their latency and
 accuracy in one report, and an insightface model pack (``python -m facekd.export``).
 
-The names below are imported lazily from their submodules on first use.
+Import what you need from its submodule (``facekd.export.command``, ``facekd.export.variants``...);
+``main`` is here for ``facekd export`` and loads onnxruntime only when called.
 """
 from __future__ import annotations
 
-from facekd._lazy import lazy_exports
+from typing import Sequence
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "main": "facekd.export.command",
-    "run_export": "facekd.export.command",
-    "ExportOptions": "facekd.export.command",
-    "ExportInputError": "facekd.export.errors",
-    "ExportDriftError": "facekd.export.errors",
-    "convert_fp16": "facekd.export.variants",
-    "quantize_int8": "facekd.export.variants",
-    "INT8_RECIPES": "facekd.export.variants",
-    "measure_latency": "facekd.export.latency",
-    "write_pack": "facekd.export.pack",
-    "load_pack": "facekd.export.pack",
-})
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``facekd export ...``: run ``facekd.export.command.main`` (imported on call, it is heavy)."""
+    from facekd.export.command import main as run
+
+    return int(run(argv) or 0)
