@@ -190,6 +190,33 @@ def resolve_preset(name_or_path: str) -> Path:
     raise ConfigError(f"config '{name_or_path}' is neither a file nor a preset; presets: {', '.join(presets) or 'none'}")
 
 
+def presets_for(cls: type) -> list[str]:
+    """Names of the presets in ``facekd/configs/`` whose keys are all settings of ``cls`` (the
+    presets a command built on ``cls`` can load); a preset that cannot be read is left out."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = []
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        try:
+            keys = set(load_yaml(path))
+        except ConfigError:
+            continue
+        if keys <= names:
+            out.append(path.stem)
+    return out
+
+
+def _check_preset_keys(cls: type, name_or_path: str, path: Path, data: Mapping[str, Any]) -> None:
+    """A preset of another command (keys ``cls`` does not have): one line naming the keys and the
+    presets this command can load."""
+    if path.parent != PRESET_DIR:
+        return  # a user's own file: from_dict names its unknown keys
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"--config {name_or_path}: this preset is for another command (its key(s) "
+                          f"{', '.join(unknown)} are not settings here); presets for this command: "
+                          f"{', '.join(presets_for(cls)) or 'none'}")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping (safe loader only); an empty file is an empty mapping."""
     path = Path(path)
@@ -235,8 +262,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse
                 kw["metavar"] = "{" + ",".join(map(str, choices)) + "}"
         group.add_argument(_flag(f.name), **kw)
     parser.add_argument("--config", metavar="YAML", default=None,
-                        help="YAML file or preset name from facekd/configs/ (presets: "
-                             + (", ".join(sorted(q.stem for q in PRESET_DIR.glob('*.yaml'))) or "none") + ")")
+                        help="YAML file or preset name from facekd/configs/ (presets for this command: "
+                             + (", ".join(presets_for(cls)) or "none") + ")")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set_items",
                         help="override any config field, dotted for nested groups; repeatable")
     return parser
@@ -246,7 +273,10 @@ def config_from_args(cls: type[T], args: argparse.Namespace, base: Mapping[str, 
     """Resolve the config from parsed arguments with the documented precedence."""
     data: dict[str, Any] = dict(base or {})
     if getattr(args, "config", None):
-        data = merge(data, load_yaml(resolve_preset(args.config)))
+        path = resolve_preset(args.config)
+        preset = load_yaml(path)
+        _check_preset_keys(cls, args.config, path.resolve(), preset)
+        data = merge(data, preset)
     names = {f.name for f in dataclasses.fields(cls)}
     cli = {k: v for k, v in vars(args).items() if k in names}
     data = merge(data, cli)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -45,7 +45,7 @@ def prepare_teacher(weights: str | os.PathLike[str] | None, arch: str | None, *,
                     device: torch.device | str = "cpu", amp_dtype: torch.dtype | str | None = "auto",
                     channels_last: bool = False, collective: Collective = SINGLE_PROCESS,
                     stall_timeout: float = STALL_TIMEOUT, check_head: bool = False,
-                    **arch_options: Any) -> TeacherSetup:
+                    check: Callable[[Teacher], None] | None = None, **arch_options: Any) -> TeacherSetup:
     """Load the teacher (``load_teacher``) onto ``device`` (autocast ``amp_dtype``, channels_last as
     training), cache its embeddings of ``labeled`` (and ``unlabeled``) under ``cache_dir`` unless it
     runs online, and fit its classifier on ``labeled`` if it has none.
@@ -55,8 +55,12 @@ def prepare_teacher(weights: str | os.PathLike[str] | None, arch: str | None, *,
     loop). Classification teachers are always online (their feature maps are not cached).
     ``check_head``: ``head`` is a classifier this pipeline fitted earlier (``teacher_head.pth`` on
     resume); TeacherMismatchError unless it was fitted for these teacher weights.
+    ``check``: called with the loaded teacher before anything is embedded (the command's own
+    checks, e.g. that the teacher takes the student's input size); it raises to stop.
     """
     teacher = load_teacher(weights, arch, head=head, scale=scale, online=online, **arch_options)
+    if check is not None:
+        check(teacher)
     if check_head and head is not None:
         check_classifier_fingerprint(head, teacher)
     teacher.place(device, amp_dtype, channels_last)

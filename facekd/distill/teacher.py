@@ -36,8 +36,8 @@ log = get_logger(__name__)
 
 __all__ = [
     "TEACHER_WEIGHTS_HELP", "TeacherError", "TeacherWeightsMissingError", "TeacherMismatchError", "Teacher",
-    "load_teacher", "classifier_fingerprint", "check_classifier_fingerprint", "class_centres", "refine_centres",
-    "classifier_top1",
+    "require_teacher_weights", "load_teacher", "classifier_fingerprint", "check_classifier_fingerprint",
+    "class_centres", "refine_centres", "classifier_top1",
 ]
 
 TEACHER_WEIGHTS_HELP = (
@@ -473,6 +473,19 @@ class Teacher(nn.Module):
                 f"cache={'on' if self.cache is not None else 'off'}")
 
 
+def require_teacher_weights(weights: str | os.PathLike[str] | None, arch: str | None = None) -> Path:
+    """The teacher weights path, or TeacherWeightsMissingError (no file given, or no such file) saying
+    where users get one; cheap, so commands call it before anything expensive."""
+    if weights is None:
+        raise TeacherWeightsMissingError(f"teacher '{arch or '?'}' needs weights (--teacher-weights PATH). "
+                                         + TEACHER_WEIGHTS_HELP)
+    path = Path(weights)
+    if not path.is_file():
+        raise TeacherWeightsMissingError(f"{path}: teacher weights file not found (--teacher-weights). "
+                                         + TEACHER_WEIGHTS_HELP)
+    return path
+
+
 def load_teacher(weights: str | os.PathLike[str] | None, arch: str | None = None, *,
                  head: str | os.PathLike[str] | None = None, scale: float = DEFAULT_SCALE, online: bool = False,
                  **arch_options: Any) -> Teacher:
@@ -485,12 +498,7 @@ def load_teacher(weights: str | os.PathLike[str] | None, arch: str | None = None
     from facekd.models.registry import backbone_kind
     from facekd.models.weights import load_backbone, load_classifier
 
-    if weights is None:
-        raise TeacherWeightsMissingError(f"teacher '{arch or '?'}' needs weights (--teacher-weights PATH). "
-                                         + TEACHER_WEIGHTS_HELP)
-    path = Path(weights)
-    if not path.is_file():
-        raise TeacherWeightsMissingError(f"{path}: teacher weights file not found. " + TEACHER_WEIGHTS_HELP)
+    path = require_teacher_weights(weights, arch)
     backbone = load_backbone(arch, path, **arch_options)
     kind = "face" if isinstance(backbone, OnnxBackbone) else backbone_kind(backbone.arch)
     if kind == "classifier" and head is not None:

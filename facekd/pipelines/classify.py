@@ -37,6 +37,7 @@ from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
 from facekd.pipelines.common import distill_errors, parse_student_options
 from facekd.pipelines.launch import run_command
+from facekd.pipelines.preflight import check_files, check_labeled_size, check_pool_size
 
 log = get_logger(__name__)
 
@@ -166,6 +167,21 @@ def _check(cfg: ClassifyConfig) -> None:
     if cfg.labeled_per_class < 0 or cfg.unlabeled_ratio <= 0 or cfg.eval_epochs < 0 or cfg.crop_padding < 0:
         raise ConfigError("--labeled-per-class, --eval-epochs and --crop-padding must be >= 0 and "
                           "--unlabeled-ratio > 0")
+    if cfg.mode == "distill":
+        _check_losses(cfg)
+        from facekd.distill.teacher import require_teacher_weights
+
+        require_teacher_weights(cfg.teacher_weights, cfg.teacher)
+    check_files([("--init-model", cfg.init_model)])
+
+
+def _check_losses(cfg: ClassifyConfig) -> None:
+    """Build the loss set once with stand-in sizes: a wrong name, option, value or weight fails in one
+    line before any data or teacher is read (the real set is built once the teacher is loaded)."""
+    from facekd.distill.losses.registry import build_losses, parse_loss_options
+
+    with torch.random.fork_rng(devices=[]):
+        build_losses(cfg.loss, "classifier", student_dim=8, teacher_dim=8, options=parse_loss_options(cfg.loss_option))
 
 
 class ClassifyTask(TrainTask):
@@ -182,15 +198,19 @@ class ClassifyTask(TrainTask):
 
         _check(cfg)
         self.cfg, self.info = cfg, info
+        log.info("classify --mode %s: data %s%s", cfg.mode, cfg.data, f"; unlabeled pool {cfg.unlabeled} "
+                 f"(--unlabeled-ratio {cfg.unlabeled_ratio:g})" if cfg.unlabeled else "")
         train_tf = classification_transform("train", size=cfg.input_size, seed=cfg.seed, flip=cfg.flip,
                                             padding=cfg.crop_padding)
         self.dataset = open_classification(cfg.data, "train", train_tf, on_corrupt=cfg.on_corrupt,
                                            per_class=cfg.labeled_per_class or None, subset_seed=cfg.seed)
         self.num_classes = int(self.dataset.num_classes)
+        check_labeled_size(len(self.dataset), cfg.batch_size, info.world_size)
         self.pool = None
         if cfg.unlabeled:
             pool_tf = classification_transform("unlabeled", size=cfg.input_size, seed=cfg.seed + 1, flip=cfg.flip)
             self.pool = open_classification_pool(cfg.unlabeled, pool_tf, on_corrupt=cfg.on_corrupt)
+            check_pool_size(len(self.pool), cfg.batch_size, cfg.unlabeled_ratio, info.world_size)
             self.loader: Any = build_mixed_loader(self.dataset, self.pool, cfg.batch_size, ratio=cfg.unlabeled_ratio,
                                                   workers=cfg.workers, seed=cfg.seed)
         else:

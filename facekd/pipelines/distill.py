@@ -34,6 +34,9 @@ from facekd.log import get_logger
 from facekd.pipelines.common import (FaceVerificationEval, attach_margin_head, distill_errors,
                                      parse_student_options)
 from facekd.pipelines.launch import run_command
+from facekd.pipelines.preflight import (WeightFlags, check_files, check_input_size, check_labeled_size,
+                                        check_pool_size, open_data, require_data, reword_mismatch,
+                                        warn_ignored_for_onnx)
 
 log = get_logger(__name__)
 
@@ -42,6 +45,11 @@ __all__ = ["DistillConfig", "DistillTask", "sample_critic_centres", "run", "main
 TEACHER_HEAD_FILE = "teacher_head.pth"
 """The fitted teacher classifier, written beside the run's outputs and reused on --resume."""
 FIT_REPORT_FILE = "teacher_fit.json"
+TEACHER_FLAGS = WeightFlags("teacher (--teacher-weights)", arch="--teacher", width="--teacher-width",
+                            embedding_size="--teacher-embedding-size", input_size="--input-size", shared_input=True)
+"""How distill spells the teacher's builder options, for hints on weights that do not fit."""
+STUDENT_FLAGS = WeightFlags("student (--init-student)", arch="--student", width="--width",
+                            embedding_size="--embedding-size", input_size="--input-size", shared_input=True)
 
 
 @dataclass
@@ -59,7 +67,7 @@ class DistillConfig(TrainConfig):
                                                 "checkpoint, facekd head.pth); default: from the weights, "
                                                 "else fitted on the labeled set")
     teacher_width: float | None = field(None, help="channel-width multiplier of the teacher backbone (default: "
-                                                   "the checkpoint's, else 1.0)")
+                                                   "the checkpoint's, else 1.0; ignored for an ONNX file)")
     teacher_embedding_size: int | None = field(None, help="embedding size of the teacher backbone (default: the "
                                                           "checkpoint's, else 512)")
     teacher_scale: float = field(64.0, help="logit scale s of the critic's s*cos logits (srd's default logit term "
@@ -70,6 +78,9 @@ class DistillConfig(TrainConfig):
     cache_dir: str | None = field(None, help="teacher-feature cache directory (default OUT/teacher_cache; share "
                                              "it between runs with the same teacher and data)")
     rebuild_cache: bool = field(False, help="rebuild the teacher-feature cache even when a valid one exists")
+    input_size: int = field(112, help="square input side in px of the student and the teacher alike: both see the "
+                                      "same images, so a torch teacher is built at this size and an ONNX teacher "
+                                      "must take it")
     # student
     student: str = field("mbf", help="student backbone name (mbf, mbf_large, r18, ...)")
     student_option: list[str] = field(default_factory=list, help="extra student builder options key=value, "
@@ -92,8 +103,9 @@ class DistillConfig(TrainConfig):
     loss_option: list[str] = field(default_factory=list, help="loss options loss.option=value, comma-separated "
                                                               "(e.g. srd.mode=kl,srd.T=4)")
     # data
-    data: str = field("synthetic", help="labeled training data: 'synthetic[:ids=..,per_id=..,size=..,seed=..]', "
-                                        "a RecordIO folder or .rec, or an image folder tree (one folder per identity)")
+    data: str | None = field(None, help="labeled training data (required): 'synthetic[:ids=..,per_id=..,size=..,"
+                                        "seed=..]', a RecordIO folder or .rec, or an image folder tree (one folder "
+                                        "per identity)")
     unlabeled: str | None = field(None, help="unlabeled pool (any face images, any identities): an image folder "
                                              "tree, a .rec (labels ignored) or 'synthetic[:...]'")
     unlabeled_ratio: float = field(1.0, help="unlabeled rows per labeled row in each batch")
@@ -150,20 +162,33 @@ class DistillTask(FaceVerificationEval, TrainTask):
         from facekd.data.transforms import build_transform
         from facekd.distill.losses.registry import parse_loss_options
         from facekd.distill.setup import prepare_teacher
+        from facekd.distill.teacher import require_teacher_weights
         from facekd.models.registry import build_backbone
-        from facekd.models.weights import load_backbone
+        from facekd.models.weights import StateDictMismatchError, load_backbone
 
         self.cfg, self.info = cfg, info
         out = Path(cfg.out)
+        # everything cheap first, each mistake in one line, before the teacher embeds anything
+        data = require_data(cfg.data, "distill")
+        log.info("distill: labeled data %s%s", data, f"; unlabeled pool {cfg.unlabeled} (--unlabeled-ratio "
+                 f"{cfg.unlabeled_ratio:g})" if cfg.unlabeled else "; no unlabeled pool")
         loss_options = parse_loss_options(cfg.loss_option)
-        self._build_losses(loss_options, cfg.teacher_embedding_size or cfg.embedding_size)  # a typo fails here,
-        # in one line, before the teacher embeds anything; rebuilt below with the teacher's real size
+        self._build_losses(loss_options, cfg.teacher_embedding_size or cfg.embedding_size)  # rebuilt below with
+        # the teacher's real size
+        require_teacher_weights(cfg.teacher_weights, cfg.teacher)
+        check_files([("--data", data), ("--unlabeled", cfg.unlabeled), ("--teacher-head", cfg.teacher_head),
+                     ("--init-student", cfg.init_student), *(("--val-bins", b) for b in cfg.val_bins)])
+        warn_ignored_for_onnx(cfg.teacher_weights, {"--teacher": cfg.teacher, "--teacher-width": cfg.teacher_width,
+                                                    "--teacher-embedding-size": cfg.teacher_embedding_size})
         transform = build_transform("face", size=cfg.input_size, flip=cfg.flip, seed=cfg.seed)
         pool_transform = transform  # the loaders reseed it per sample: sharing it is safe
-        self.dataset = open_dataset(cfg.data, transform=transform, on_corrupt=cfg.on_corrupt)
-        self.pool = open_unlabeled(cfg.unlabeled, transform=pool_transform, on_corrupt=cfg.on_corrupt) \
-            if cfg.unlabeled else None
+        self.dataset = open_data("--data", data, lambda s: open_dataset(s, transform=transform,
+                                                                        on_corrupt=cfg.on_corrupt))
+        self.pool = open_data("--unlabeled", cfg.unlabeled, lambda s: open_unlabeled(
+            s, transform=pool_transform, on_corrupt=cfg.on_corrupt)) if cfg.unlabeled else None
+        check_labeled_size(len(self.dataset), cfg.batch_size, info.world_size)
         if self.pool is not None:
+            check_pool_size(len(self.pool), cfg.batch_size, cfg.unlabeled_ratio, info.world_size)
             self.loader: Any = build_mixed_loader(self.dataset, self.pool, cfg.batch_size, ratio=cfg.unlabeled_ratio,
                                                   workers=cfg.workers, seed=cfg.seed)
         else:
@@ -181,13 +206,18 @@ class DistillTask(FaceVerificationEval, TrainTask):
 
         amp_mode = AMP_AUTO.get(info.device.type, "off") if cfg.amp == "auto" else cfg.amp
         collective = Collective(info.rank, info.world_size, share=fdist.broadcast_object, barrier=fdist.barrier)
-        setup = prepare_teacher(
-            cfg.teacher_weights, cfg.teacher, labeled=self.dataset, transform=transform, unlabeled=self.pool,
-            unlabeled_transform=pool_transform, head=head_file, scale=cfg.teacher_scale, online=cfg.online_teacher,
-            cache_dir=cfg.cache_dir or out / "teacher_cache", rebuild_cache=cfg.rebuild_cache,
-            refine_epochs=cfg.refine_epochs, batch_size=min(256, max(32, cfg.batch_size)), workers=cfg.workers,
-            seed=cfg.seed, device=info.device, amp_dtype=AMP_DTYPES[amp_mode], channels_last=cfg.channels_last,
-            collective=collective, stall_timeout=cfg.dist_timeout, check_head=fitted_head, **teacher_options)
+        try:
+            setup = prepare_teacher(
+                cfg.teacher_weights, cfg.teacher, labeled=self.dataset, transform=transform, unlabeled=self.pool,
+                unlabeled_transform=pool_transform, head=head_file, scale=cfg.teacher_scale, online=cfg.online_teacher,
+                cache_dir=cfg.cache_dir or out / "teacher_cache", rebuild_cache=cfg.rebuild_cache,
+                refine_epochs=cfg.refine_epochs, batch_size=min(256, max(32, cfg.batch_size)), workers=cfg.workers,
+                seed=cfg.seed, device=info.device, amp_dtype=AMP_DTYPES[amp_mode], channels_last=cfg.channels_last,
+                collective=collective, stall_timeout=cfg.dist_timeout, check_head=fitted_head,
+                check=lambda teacher: check_input_size(teacher.input_size, cfg.input_size, teacher.name),
+                **teacher_options)
+        except StateDictMismatchError as err:
+            raise reword_mismatch(err, TEACHER_FLAGS) from None
         self.teacher = setup.teacher
         cfg.rebuild_cache = False  # done: a resume of this run (which reads config.yaml) must not rebuild again
         self.fit_report = setup.fit_report
@@ -197,9 +227,6 @@ class DistillTask(FaceVerificationEval, TrainTask):
             out.mkdir(parents=True, exist_ok=True)
             self.teacher.save_classifier(out / TEACHER_HEAD_FILE)
             (out / FIT_REPORT_FILE).write_text(json.dumps(setup.fit_report, indent=2) + "\n")
-        if self.teacher.input_size not in (None, cfg.input_size):
-            raise ConfigError(f"the teacher takes {self.teacher.input_size}px inputs but --input-size is "
-                              f"{cfg.input_size}; teacher and student see the same images")
 
         # student
         self.arch = cfg.student
@@ -207,7 +234,10 @@ class DistillTask(FaceVerificationEval, TrainTask):
                              "width": cfg.width, "dropout": cfg.dropout, **parse_student_options(cfg.student_option)}
         self.backbone = build_backbone(cfg.student, **self.arch_options)
         if cfg.init_student:
-            start = load_backbone(cfg.student, cfg.init_student, **self.arch_options)
+            try:
+                start = load_backbone(cfg.student, cfg.init_student, **self.arch_options)
+            except StateDictMismatchError as err:
+                raise reword_mismatch(err, STUDENT_FLAGS) from None
             self.backbone.load_state_dict(start.state_dict())
             log.info("student starts from %s", cfg.init_student)
         self.head: nn.Module | None = None
@@ -227,7 +257,7 @@ class DistillTask(FaceVerificationEval, TrainTask):
                 raise ConfigError(f"kd with the student's own logits needs the teacher's classifier over the "
                                   f"student's {num_classes} classes, but it has {self.teacher.num_classes}; use "
                                   "--loss-option kd.student_logits=critic")
-        self.load_validation(cfg.data, cfg.val_pairs, cfg.val_bins, info.is_main)
+        self.load_validation(data, cfg.val_pairs, cfg.val_bins, info.is_main)
         log.info("distilling %s into %s with %s: %d labeled images of %d identities%s; teacher %s", self.teacher.name,
                  cfg.student, cfg.loss, len(self.dataset), num_classes,
                  f", unlabeled pool of {len(self.pool)}" if self.pool is not None else "",

@@ -24,6 +24,7 @@ from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
 from facekd.pipelines.common import FaceVerificationEval, attach_margin_head
 from facekd.pipelines.launch import run_command, setup_errors
+from facekd.pipelines.preflight import check_files, open_data, require_data
 
 log = get_logger(__name__)
 
@@ -43,8 +44,9 @@ class FaceTrainConfig(TrainConfig):
     margin: float | None = field(None, help="margin (default: 0.5 for ArcFace, 0.4 for CosFace)")
     partial_fc: float = field(1.0, help="Partial FC sample rate of negative class centres (1.0 = all); "
                                         "centres are sharded over the ranks whenever there is more than one")
-    data: str = field("synthetic", help="training data: 'synthetic[:ids=..,per_id=..,size=..,seed=..]', a "
-                                        "RecordIO folder or .rec file, or an image folder tree (one folder per identity)")
+    data: str | None = field(None, help="training data (required): 'synthetic[:ids=..,per_id=..,size=..,seed=..]', "
+                                        "a RecordIO folder or .rec file, or an image folder tree (one folder per "
+                                        "identity)")
     on_corrupt: str = field("skip", help="a corrupt training image: 'skip' it or 'fail'", choices=("skip", "fail"))
     flip: float = field(0.5, help="probability of a horizontal flip augmentation")
     dropout: float = field(0.0, help="dropout before the embedding layer")
@@ -67,8 +69,12 @@ class FaceTrainTask(FaceVerificationEval, TrainTask):
         from facekd.models.registry import build_backbone
 
         self.cfg, self.info = cfg, info
+        data = require_data(cfg.data, "train")
+        log.info("train: data %s", data)
+        check_files([("--data", data), *(("--val-bins", b) for b in cfg.val_bins)])
         transform = build_transform("face", size=cfg.input_size, flip=cfg.flip, seed=cfg.seed)
-        self.dataset = open_dataset(cfg.data, transform=transform, on_corrupt=cfg.on_corrupt)
+        self.dataset = open_data("--data", data, lambda s: open_dataset(s, transform=transform,
+                                                                        on_corrupt=cfg.on_corrupt))
         self.loader = build_loader(self.dataset, cfg.batch_size, shuffle=True, workers=cfg.workers, seed=cfg.seed,
                                    drop_last=True)
         num_classes = int(self.dataset.num_classes)
@@ -77,8 +83,8 @@ class FaceTrainTask(FaceVerificationEval, TrainTask):
                              "width": cfg.width, "dropout": cfg.dropout}
         self.backbone = build_backbone(cfg.backbone, **self.arch_options)
         self.head = attach_margin_head(self, cfg, num_classes, info)
-        self.load_validation(cfg.data, cfg.val_pairs, cfg.val_bins, info.is_main)
-        log.info("%s: %d images of %d identities; %s backbone, %s head (%s)", cfg.data, len(self.dataset),
+        self.load_validation(data, cfg.val_pairs, cfg.val_bins, info.is_main)
+        log.info("%s: %d images of %d identities; %s backbone, %s head (%s)", data, len(self.dataset),
                  num_classes, cfg.backbone, cfg.head, type(self.head).__name__)
 
     def modules(self) -> dict[str, nn.Module]:
