@@ -1,6 +1,8 @@
-"""Distillation accuracy on synthetic identities: teacher, student alone, ``kd``, ``cosine``, ``srd``
-and ``srd`` with an unlabeled open-set pool; same data, steps and optimiser for every student, 3
-seeds, evaluated on identities none of the models saw.
+"""Distillation accuracy on synthetic identities: teacher, student alone, ``kd``, ``cosine``, the
+face-specific baselines ``proxyless`` (ProxylessKD) and ``adadistill`` (AdaDistill), ``srd``, and
+``srd``, ``kd``, ``cosine``, ``feat`` with the same unlabeled open-set pool at the same images per
+step; same data, steps and optimiser for every student, 3 seeds, evaluated on identities none of
+the models saw. ``--list`` prints the plan (methods, losses, options, images per step) and exits.
 
 Runs the public pipelines through the demo's stage functions (``facekd.pipelines.demo``): one
 teacher (seed 0), then each student method once per seed. Goal (issue 6): ``srd`` beats every
@@ -23,13 +25,82 @@ from facekd.pipelines.demo import DemoConfig, ModelRun, stage_data, stage_evalua
 
 FAR = 1e-3
 METHODS = (  # (key, title, loss or None for the student alone, loss options, unlabeled pool)
+    # options may name {scale} and {margin}: the run's own ArcFace head's (DemoConfig.scale, .margin)
     ("alone", "student alone (ArcFace)", None, (), False),
     ("kd", "student + kd (Hinton, T=4)", "kd", (), False),
     ("cosine", "student + cosine", "cosine", (), False),
     ("srd_kl", "student + srd, KL logits (T=4)", "srd", ("srd.mode=kl",), False),
     ("srd", "student + srd, MSE logits (default)", "srd", (), False),
     ("srd_pool", "student + srd + unlabeled pool", "srd", (), True),
+    ("proxyless", "student + proxyless (ProxylessKD: margin loss through the teacher's centres)", "proxyless",
+     ("proxyless.scale={scale}", "proxyless.margin={margin}"), False),
+    ("adadistill", "student + adadistill (AdaDistill: margin loss on adaptive teacher centres)", "adadistill",
+     ("adadistill.scale={scale}", "adadistill.margin={margin}"), False),
+    ("kd_pool", "student + kd + unlabeled pool", "kd", (), True),
+    ("cosine_pool", "student + cosine + unlabeled pool", "cosine", (), True),
+    ("feat_pool", "student + feat + unlabeled pool", "feat", (), True),
 )
+BASELINES = ("kd", "cosine", "proxyless", "adadistill")
+"""Rivals of ``srd`` without the pool."""
+POOL_BASELINES = ("kd_pool", "cosine_pool", "feat_pool")
+"""Rivals of ``srd_pool``: the same pool, one unlabeled row per labeled row, as ``srd_pool``."""
+
+
+def method_options(options: Sequence[str], cfg: DemoConfig) -> tuple[str, ...]:
+    """A method's loss options with ``{scale}`` and ``{margin}`` filled from the run's head."""
+    return tuple(o.format(scale=f"{cfg.scale:g}", margin=f"{cfg.margin:g}") for o in options)
+
+
+def select_methods(spec: str) -> tuple[tuple, ...]:
+    """The METHODS rows named in ``spec`` (comma-separated keys, 'all' for every one); 'alone' always
+    runs (the gap is measured from it). SystemExit with the known keys on an unknown one."""
+    keys = [k.strip() for k in spec.split(",") if k.strip()]
+    if not keys or keys == ["all"]:
+        return METHODS
+    known = [m[0] for m in METHODS]
+    bad = [k for k in keys if k not in known]
+    if bad:
+        raise SystemExit(f"bench_distill_accuracy: --methods: unknown method(s) {', '.join(bad)}; known: "
+                         f"{', '.join(known)}")
+    return tuple(m for m in METHODS if m[0] == "alone" or m[0] in keys)
+
+
+def _versus(means: dict[str, float], stds: dict[str, float], key: str, rivals: Sequence[str]) -> str:
+    """'yes' / 'no, within one std' / 'no' for ``key`` against the best of ``rivals``, with the numbers."""
+    rivals = [r for r in rivals if r in means]
+    if key not in means or not rivals:
+        return "not run"
+    best = max(rivals, key=means.__getitem__)
+    diff = means[key] - means[best]
+    noise = max(stds[key], stds[best])
+    verdict = "yes" if diff > noise else ("no, within one std" if diff > -noise else "no")
+    return f"**{verdict}** ({key} {means[key]:.4f} vs best {best} {means[best]:.4f}, difference {diff:+.4f})"
+
+
+def verdict_text(means: dict[str, float], stds: dict[str, float], alone: float, gap: float) -> str:
+    """The goals read off the table (only for the methods that ran)."""
+    parts = [f"Goals, read off this table: srd beats every baseline without the pool: "
+             f"{_versus(means, stds, 'srd', BASELINES)}; srd + pool beats every baseline with the same pool: "
+             f"{_versus(means, stds, 'srd_pool', POOL_BASELINES)}"]
+    for key in ("srd", "srd_pool"):
+        if key in means and gap > 0:
+            parts.append(f"{key} closes {(means[key] - alone) / gap:.0%} of the teacher-student gap")
+    if "srd" in means and "srd_pool" in means:
+        parts.append(f"the pool adds on top of srd: {means['srd_pool'] - means['srd']:+.4f}")
+    if "srd" in means and "srd_kl" in means:
+        parts.append(f"MSE vs KL on the critic logits: {means['srd']:.4f} vs {means['srd_kl']:.4f}")
+    return ("; ".join(parts) + ". Pool runs see the same labeled images plus one unlabeled row per labeled row "
+            "(twice the images per step, about twice the compute), every pool method alike.")
+
+
+def plan_lines(methods: Sequence[tuple], cfg: DemoConfig, seeds: int) -> list[str]:
+    """One line per method: key, loss, options, pool, labeled + unlabeled images per step, seeds."""
+    lines = []
+    for key, title, loss, options, pool in methods:
+        per_step = f"{cfg.batch_size} labeled" + (f" + {cfg.batch_size} unlabeled (pool)" if pool else "")
+        opts = ",".join(method_options(options, cfg)) or "-"
+        lines.append(f"{key:12s} loss={loss or '-'} options={opts} images/step={per_step} seeds={seeds}  # {title}")
+    return lines
 
 
 def bench_config(quick: bool) -> DemoConfig:
@@ -56,9 +127,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "the semi-supervised setting where an unlabeled pool matters most); 0 = all")
     parser.add_argument("--work-dir", default=None,
                         help="keep the runs here (finished runs are reused); default: a temporary folder")
+    parser.add_argument("--methods", default="all",
+                        help=f"comma-separated methods to run ('alone' always runs); known: "
+                             f"{', '.join(m[0] for m in METHODS)}")
+    parser.add_argument("--list", action="store_true", help="print the plan (methods, losses, images per step) "
+                                                            "and exit without training")
     args = parser.parse_args(argv)
     os.environ.setdefault("FACEKD_NO_PROGRESS", "1")
     cfg = bench_config(args.quick)
+    methods = select_methods(args.methods)
+    if args.list:
+        print("\n".join(plan_lines(methods, cfg, args.seeds)))
+        return 0
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="facekd_bench_acc_") as tmp:
         out = Path(args.work_dir or tmp)
@@ -69,15 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         teacher_per_id = cfg.per_id
         if args.labeled_per_id:
             cfg = replace(cfg, per_id=args.labeled_per_id)
-        results: dict[str, list[ModelRun]] = {m[0]: [] for m in METHODS}
+        results: dict[str, list[ModelRun]] = {m[0]: [] for m in methods}
         for seed in range(args.seeds):
-            for key, _title, loss, options, pool in METHODS:
+            for key, _title, loss, options, pool in methods:
                 name = f"{key}_seed{seed}"
                 if loss is None:
                     run = stage_student_alone(cfg, out, key=name, seed=seed)
                 else:
                     run = stage_student_distilled(cfg, out, teacher, pool, loss=loss, key=name, seed=seed,
-                                                  loss_options=options)
+                                                  loss_options=method_options(options, cfg))
                 stage_evaluate(run, data, FAR)
                 results[key].append(run)
                 print(f"{name}: accuracy {run.metrics['accuracy']:.4f}, TAR@FAR=1e-3 {run.metrics['tar_at_far']:.4f}, "
@@ -88,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gap = teacher.metrics["accuracy"] - alone
     rows = [["teacher " + f"{cfg.teacher} x{cfg.teacher_width}", f"{teacher.metrics['accuracy']:.4f}",
              f"{teacher.metrics['tar_at_far']:.4f}", f"{teacher.metrics['rank1']:.4f}", "1 (seed 0)", ""]]
-    for key, title, *_ in METHODS:
+    for key, title, *_ in methods:
         runs = results[key]
         acc = [r.metrics["accuracy"] for r in runs]
         closed = (statistics.mean(acc) - alone) / gap if gap > 0 and key != "alone" else None
@@ -112,19 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     means = {key: statistics.mean(r.metrics["accuracy"] for r in runs) for key, runs in results.items()}
     stds = {key: statistics.stdev(r.metrics["accuracy"] for r in runs) if len(runs) > 1 else 0.0
             for key, runs in results.items()}
-    best_baseline = max(("kd", "cosine"), key=means.__getitem__)
-    margin = means["srd"] - means[best_baseline]
-    noise = max(stds["srd"], stds[best_baseline])
-    verdict = "yes" if margin > noise else ("no, within one std" if margin > -noise else "no")
-    closed_srd = (means["srd"] - alone) / gap if gap > 0 else float("nan")
-    body += (
-        f"\n\nGoals of issue 6, read off this table: srd beats every baseline: **{verdict}** (srd {means['srd']:.4f} "
-        f"vs best baseline {best_baseline} {means[best_baseline]:.4f}, difference {margin:+.4f}); srd closes at least "
-        f"half of the teacher-student gap: **{'yes' if closed_srd >= 0.5 else 'no'}** ({closed_srd:.0%}); the "
-        f"unlabeled pool adds on top of srd: **{'yes' if means['srd_pool'] - means['srd'] > stds['srd'] else 'no'}** "
-        f"({means['srd_pool'] - means['srd']:+.4f}). MSE vs KL on the critic logits: {means['srd']:.4f} vs "
-        f"{means['srd_kl']:.4f}. The pool run sees the same labeled images but twice the images per step (one "
-        "unlabeled row per labeled row), so it also costs about twice the compute.")
+    body += "\n\n" + verdict_text(means, stds, alone, gap)
     if args.labeled_per_id:
         write_section("distill_accuracy_few_labels", f"Distillation accuracy with {args.labeled_per_id} labeled photos "
                       "per identity (3 seeds)", body)

@@ -212,11 +212,13 @@ def test_adadistill_state_dict_restores_the_next_loss(case: dict) -> None:
     second = build_losses("adadistill", "face", student_dim=DS, teacher_dim=DT)
     second.load_state_dict(state, strict=True)
     assert step(second, 2).item() == step(first, 2).item()
-    assert torch.equal(second.state_dict()["losses.adadistill.centres"], first.state_dict()["losses.adadistill.centres"])
+    key = "losses.adadistill.centres"
+    assert torch.equal(second.state_dict()[key], first.state_dict()[key])
 
 
 # ---------------------------------------------------------------- pipeline
 DATA = "synthetic:ids=6,per_id=4,size=32"
+POOL = "synthetic:ids=4,per_id=3,size=32"
 COMMON = ["--input-size", "32", "--batch-size", "8", "--workers", "0", "--no-tensorboard", "--val-pairs", "0",
           "--log-every", "1"]
 
@@ -245,3 +247,15 @@ def test_pipeline_runs_the_baselines(teacher: Path, tmp_path: Path, loss: str, t
     assert len(values) == 3 and all(math.isfinite(v) for v in values)
     assert not any("loss/arcface" in r for r in records)  # --label-weight 0: the published form, no own head
     assert (out / "backbone.pth").is_file()
+
+
+def test_pool_baselines_distil_the_unlabeled_rows(teacher: Path, tmp_path: Path) -> None:
+    """kd, cosine and feat with an unlabeled pool (the benchmark's '+ pool' rows) run and log their terms."""
+    out = tmp_path / "pool"
+    args = [*COMMON, "--teacher", "r18", "--teacher-weights", str(teacher), "--teacher-width", "0.125",
+            "--teacher-embedding-size", "16", "--teacher-scale", "16", "--student", "mbf", "--width", "0.125",
+            "--embedding-size", "8", "--scale", "16", "--set", f"data={DATA}", "--unlabeled", POOL,
+            "--loss", "kd,cosine,feat", "--max-steps", "2", "--out", str(out)]
+    assert distill_pipeline.main(args) == 0
+    terms = {k for r in read_metrics(out) for k in r if k.startswith("loss/")}
+    assert {"loss/kd/kl", "loss/cosine/cos", "loss/feat/mse", "loss/arcface"} <= terms
