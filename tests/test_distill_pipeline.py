@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from facekd.data.datasets import open_dataset
 from facekd.engine.metrics_log import read_metrics
+from facekd.models.registry import build_backbone
 from facekd.models.weights import load_backbone, load_classifier, load_weights_file
 from facekd.pipelines import distill as distill_pipeline
 from facekd.pipelines import train as train_pipeline
@@ -59,8 +61,19 @@ def test_srd_with_unlabeled_pool_writes_outputs_and_resumes(teacher: Path, tmp_p
     model = load_backbone("mbf", out / "backbone.pth", width=0.125, embedding_size=16, input_size=32)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 16)
     fit = json.loads((out / "teacher_fit.json").read_text())
-    assert fit["num_classes"] == 10 and 0.0 <= fit["top1"] <= 1.0
-    assert load_classifier(out / "teacher_head.pth").shape == (10, 32)
+    head = load_classifier(out / "teacher_head.pth")
+    assert fit["num_classes"] == 10 and head.shape == (10, 32)
+    # the fit's top-1 recomputed by hand: the teacher's embeddings of every image and its flip
+    # (cached as float16 in the run, so a row or two may differ) scored by the saved classifier
+    net = load_backbone("r18", teacher, width=0.125, embedding_size=32, input_size=32).eval()
+    ds = open_dataset(DATA)
+    images = torch.stack([torch.from_numpy(ds.read(i)[0]) for i in range(len(ds))]).permute(0, 3, 1, 2)
+    x = (images.float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        emb = torch.cat([net(x), net(torch.flip(x, dims=[3]))])
+    labels = torch.as_tensor(ds.labels).repeat(2)
+    by_hand = ((emb @ head.T.float()).argmax(1) == labels).float().mean().item()
+    assert fit["top1"] == pytest.approx(by_hand, abs=2 / len(labels)) and by_hand > 0.5  # chance: 0.1
 
     # extend the run: the fitted classifier and the caches are reused, training continues at step 6
     stamp = {p: p.stat().st_mtime_ns for p in (out / "teacher_cache").rglob("*.f16")}
@@ -87,17 +100,25 @@ def test_kd_and_cosine_pure_distillation(teacher: Path, tmp_path: Path) -> None:
 
 
 def test_init_student_and_student_options(teacher: Path, tmp_path: Path) -> None:
-    first = tmp_path / "first"
-    assert distill_pipeline.main(_student_args(teacher, first, "--max-steps", "2", "--val-pairs", "0",
+    first = tmp_path / "first"  # gives a teacher cache and a fitted teacher classifier to reuse
+    assert distill_pipeline.main(_student_args(teacher, first, "--max-steps", "1", "--val-pairs", "0",
                                                *STILL)) == 0
+    # initial weights no random draw can give: the student's own init shifted by a fixed pattern
+    torch.manual_seed(123)
+    init = build_backbone("mbf", width=0.125, embedding_size=16, input_size=32).state_dict()
+    init = {k: v + 0.25 * torch.randn_like(v) if v.is_floating_point() else v for k, v in init.items()}
+    torch.save(init, tmp_path / "init.pth")
     second = tmp_path / "second"
     assert distill_pipeline.main(_student_args(teacher, second, "--max-steps", "1", "--val-pairs", "0", *STILL,
-                                               "--init-student", str(first / "backbone.pth"),
+                                               "--init-student", str(tmp_path / "init.pth"),
                                                "--cache-dir", str(first / "teacher_cache"),
                                                "--teacher-head", str(first / "teacher_head.pth"))) == 0
-    a, b = load_weights_file(first / "backbone.pth"), load_weights_file(second / "backbone.pth")
-    # (almost) no update: only BatchNorm running statistics move, the weights are the initial ones
-    assert all(torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-20) for k in a if "running" not in k and "num_batches" not in k)
+    weights = [k for k in init if "running" not in k and "num_batches" not in k]
+    b = load_weights_file(second / "backbone.pth")
+    # (almost) no update: only BatchNorm running statistics move, the weights are exactly the given ones
+    assert all(torch.allclose(init[k], b[k], rtol=1e-6, atol=1e-20) for k in weights)
+    a = load_weights_file(first / "backbone.pth")  # the same run without --init-student is far from them
+    assert all(not torch.allclose(init[k], a[k], rtol=1e-2, atol=1e-3) for k in weights)
     assert not (second / "teacher_head.pth").exists()  # the classifier was given, not fitted
 
 
