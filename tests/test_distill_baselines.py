@@ -6,11 +6,15 @@ distill pipeline."""
 from __future__ import annotations
 
 import math
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from facekd.data.batch import Batch
 from facekd.distill.critic import CosineCritic
@@ -259,3 +263,50 @@ def test_pool_baselines_distil_the_unlabeled_rows(teacher: Path, tmp_path: Path)
     assert distill_pipeline.main(args) == 0
     terms = {k for r in read_metrics(out) for k in r if k.startswith("loss/")}
     assert {"loss/kd/kl", "loss/cosine/cos", "loss/feat/mse", "loss/arcface"} <= terms
+
+
+# ---------------------------------------------------------------- AdaDistill under torchrun
+WORLD = 2
+DDP_LABELS = [[1, 0, -1, 1, 2], [-1, -1, -1]]  # rank 1 has no labeled row this step: it still takes part
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    n = sum(len(x) for x in DDP_LABELS)
+    return torch.randn(n, DT, generator=g), torch.randn(n, DT, generator=g), torch.randn(C, DT, generator=g)
+
+
+def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        e_s, e_t, w = _ddp_problem()
+        start = sum(len(x) for x in DDP_LABELS[:rank])
+        local = slice(start, start + len(DDP_LABELS[rank]))
+        loss = build_loss("adadistill", "face", student_dim=DT, teacher_dim=DT, connector="none", scale=16.0)
+        for _ in range(2):
+            loss(StudentOutput(embedding=e_s[local]), TeacherOutput(embedding=e_t[local], critic=CosineCritic(w)),
+                 batch_of(DDP_LABELS[rank]))
+        torch.save(loss.centres, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_adadistill_centres_under_two_processes_equal_the_global_batch(tmp_path: Path) -> None:
+    """Every rank holds the centres one process computes from the global batch (ranks' rows in rank order)."""
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    e_s, e_t, w = _ddp_problem()
+    single = build_loss("adadistill", "face", student_dim=DT, teacher_dim=DT, connector="none", scale=16.0)
+    for _ in range(2):
+        single(StudentOutput(embedding=e_s), TeacherOutput(embedding=e_t, critic=CosineCritic(w)),
+               batch_of(DDP_LABELS[0] + DDP_LABELS[1]))
+    for r in range(WORLD):
+        assert torch.allclose(torch.load(tmp_path / f"rank{r}.pt", weights_only=True), single.centres, atol=1e-6)

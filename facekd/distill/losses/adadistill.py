@@ -160,11 +160,13 @@ class AdaDistill(DistillLoss):
                 none = emb.new_zeros((0, self.teacher_dim), dtype=torch.float32)
                 self.last_alpha = self.update_centres(none, none, labels)
             return {self.term("ce"): zero_term(emb, self)}
-        t_unit = F.normalize(take_rows(teacher.require("embedding", self.name), rows).detach().float(), dim=1)
-        s_unit = F.normalize(self.connector(take_rows(emb, rows)).float(), dim=1)
-        self.last_alpha = self.update_centres(s_unit.detach(), t_unit, labels)
-        cos = s_unit @ F.normalize(self.centres, dim=1).t()
-        return {self.term("ce"): margin_cross_entropy(cos, labels, self.head, self.scale, self.margin)}
+        phi = self.connector(take_rows(emb, rows))
+        with torch.autocast(device_type=emb.device.type, enabled=False):  # float32 cosines and update
+            t_unit = F.normalize(take_rows(teacher.require("embedding", self.name), rows).detach().float(), dim=1)
+            s_unit = F.normalize(phi.float(), dim=1)
+            self.last_alpha = self.update_centres(s_unit.detach(), t_unit, labels)
+            cos = s_unit @ F.normalize(self.centres, dim=1).t()
+            return {self.term("ce"): margin_cross_entropy(cos, labels, self.head, self.scale, self.margin)}
 
     def extra_repr(self) -> str:
         return (f"head={self.head}, scale={self.scale:g}, margin={self.margin:g}, "

@@ -128,7 +128,8 @@ class ProxylessKD(DistillLoss):
         cols = labels_in_centres(labels, teacher.centres, int(critic.num_classes), self.name)
         phi = self.connector(take_rows(emb, rows))
         cos = teacher.cross_logits(phi, self.name).float() / float(critic.scale)
-        return {self.term("ce"): margin_cross_entropy(cos, cols, self.head, self.scale, self.margin)}
+        with torch.autocast(device_type=emb.device.type, enabled=False):  # the margin maths in float32
+            return {self.term("ce"): margin_cross_entropy(cos, cols, self.head, self.scale, self.margin)}
 
     def extra_repr(self) -> str:
         return f"head={self.head}, scale={self.scale:g}, margin={self.margin:g}"
