@@ -198,3 +198,36 @@ def test_verify_explains_small_folds_below_chance_and_nan(workdir, capsys) -> No
     low = dict(quiet, accuracy=0.175)
     assert any(n.startswith("Accuracy-Flip 0.175 is below chance (0.500") for n in metric_notes(low, interleaved, 10))
     assert MIN_PAIRS_PER_FOLD == 50
+
+
+def test_verify_mismatch_hint_names_verify_flags(workdir, capsys) -> None:
+    # backbone.pth is r18 at width 0.125, 16-d, 32 px; given without width/embedding options
+    root, _ = workdir
+    assert verify_main(["--model", str(root / "backbone.pth"), "--arch", "r18", "--model-option", "input_size=32",
+                        "--bins", str(root / "synth.bin"), "--out", str(root / "hint")]) == 2
+    err = capsys.readouterr().err
+    hint = [line for line in err.splitlines() if "model (--model): try" in line]
+    assert len(hint) == 1 and "--model-option width=0.125" in hint[0]
+    assert "--model-option embedding_size=16" in hint[0] and "--teacher" not in err and "Traceback" not in err
+    # right width and size but the wrong input side: the fc layer says 32 px
+    assert verify_main(["--model", str(root / "backbone.pth"), "--arch", "r18", "--model-option", "width=0.125",
+                        "--model-option", "embedding_size=16", "--model-option", "input_size=64",
+                        "--bins", str(root / "synth.bin"), "--out", str(root / "hint")]) == 2
+    assert "--model-option input_size=32" in capsys.readouterr().err
+
+
+def test_verify_warns_that_arch_is_ignored_for_onnx(workdir, caplog) -> None:
+    import logging
+
+    onnx_backbone = pytest.importorskip("facekd.models.onnx_backbone")
+    root, model = workdir
+    path = onnx_backbone.export_onnx(model, root / "arch.onnx")
+    logger = logging.getLogger("facekd")
+    logger.addHandler(caplog.handler)
+    try:
+        assert verify_main(["--model", str(path), "--arch", "r100", "--bins", str(root / "synth.bin"),
+                            "--out", str(root / "v_onnx_arch")]) == 0
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert any("--arch r100" in r.getMessage() and "ignored" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)

@@ -21,6 +21,7 @@ from facekd.eval.identification import (CMC_RANKS, FPIR_TARGETS, GalleryIndex, I
 from facekd.eval.identification_tuning import DEFAULT_TARGET_RECALL, TUNE_QUERIES, tuned_index
 from facekd.eval.sources import EmbeddingSet, EmbeddingSourceError, load_embeddings, match_labels_by_name
 from facekd.log import get_logger
+from facekd.pipelines.preflight import open_model
 
 log = get_logger("facekd.eval.identify")
 
@@ -145,8 +146,8 @@ def _run(args: argparse.Namespace) -> int:
         raise IdentificationError("give --gallery (to build an index) or --load-index")
     if args.load_index and args.distractors:
         raise IdentificationError("--distractors cannot be added to a loaded index; rebuild it")
-    model = (FaceEmbedder(args.model, args.arch, batch_size=args.batch_size,
-                          **parse_model_options(args.model_option)) if args.model else None)
+    model = (open_model(FaceEmbedder, args.model, args.arch, batch_size=args.batch_size,
+                        **parse_model_options(args.model_option)) if args.model else None)
     gallery: np.ndarray | None = None
     if args.gallery:
         gallery_set = _load_source(args.gallery, args.gallery_labels, model, args.batch_size, "gallery")

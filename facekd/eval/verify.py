@@ -20,6 +20,7 @@ from facekd.eval.embed import DEFAULT_BATCH_SIZE, FaceEmbedder, parse_model_opti
 from facekd.eval.verification import (TAR_FAR_TARGETS, VerificationInputError, evaluate, far_key,
                                       fold_splits, pair_distances, roc_points)
 from facekd.log import get_logger
+from facekd.pipelines.preflight import open_model
 
 log = get_logger("facekd.eval.verify")
 
@@ -211,8 +212,8 @@ def _run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise VerificationInputError(f"verification file(s) not found: {', '.join(missing)}")
-    embedder = FaceEmbedder(args.model, args.arch, device=args.device, flip=not args.no_flip,
-                            batch_size=args.batch_size, **parse_model_options(args.model_option))
+    embedder = open_model(FaceEmbedder, args.model, args.arch, device=args.device, flip=not args.no_flip,
+                          batch_size=args.batch_size, **parse_model_options(args.model_option))
     results = verify_model(embedder, load_sets(paths), nfolds=args.nfolds)
     print(format_table(results))
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / "verification"

@@ -21,7 +21,7 @@ log = get_logger(__name__)
 
 __all__ = ["DATA_EXAMPLES", "require_data", "check_files", "open_data", "check_labeled_size", "check_pool_size", "is_onnx",
            "warn_ignored_for_onnx", "WeightFlags", "infer_width", "infer_embedding_size", "infer_input_size",
-           "weights_hint", "reword_mismatch", "check_input_size"]
+           "weights_hint", "reword_mismatch", "check_input_size", "MODEL_FLAGS", "open_model"]
 
 T = TypeVar("T")
 
@@ -234,3 +234,23 @@ def check_input_size(found: int | None, expected: int, what: str, flag: str = "-
     if found is None or int(found) == int(expected):
         return
     raise ConfigError(f"{what} takes {found}px images but {flag} is {expected}: {rule}; pass {flag} {found}")
+
+
+MODEL_FLAGS = WeightFlags("model (--model)", arch="--arch", width="--model-option width",
+                          embedding_size="--model-option embedding_size", input_size="--model-option input_size",
+                          option_style=True)
+"""How the evaluation commands (verify, identify) spell a model file's builder options."""
+
+
+def open_model(build: Callable[..., T], model: str | os.PathLike[str], arch: str | None, *args: Any,
+               flags: WeightFlags = MODEL_FLAGS, **options: Any) -> T:
+    """``build(model, arch, *args, **options)`` for a command with ``--model``/``--arch``/``--model-option``:
+    ``--arch`` given with an ONNX file is warned about (the file names its own), and weights that do
+    not fit are hinted in ``flags``' spelling (``--model-option width=0.125``)."""
+    from facekd.models.weights import StateDictMismatchError
+
+    warn_ignored_for_onnx(model, {"--arch": arch})
+    try:
+        return build(model, arch, *args, **options)
+    except StateDictMismatchError as err:
+        raise reword_mismatch(err, flags) from None
