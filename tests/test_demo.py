@@ -6,9 +6,15 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from facekd.data.verification_bin import load_bin
+from facekd.engine.checkpoint import list_checkpoints
+from facekd.models.weights import load_backbone
 from facekd.pipelines import demo
+
+from _by_hand import accuracy_by_hand
 
 MINIMAL = ["--workers", "0", "--train-ids", "20", "--per-id", "4", "--pool-ids", "10", "--pool-per-id", "4",
            "--val-ids", "20", "--pairs", "100", "--gallery-ids", "10", "--teacher-width", "0.125",
@@ -38,10 +44,17 @@ def test_demo_end_to_end_then_reuses_finished_stages(tmp_path: Path, capsys: pyt
     assert "![ROC](roc.png)" in report and (out / "roc.png").is_file()
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"teacher", "student_alone", "student_srd", "student_srd_pool"}
-    for values in results.values():
+    pair_images, issame = load_bin(data / "synthetic_val.bin")
+    for key, values in results.items():
         for metric in ("accuracy", "rank1", "params_m", "mmacs"):
             assert math.isfinite(values[metric]) and values[metric] >= 0.0, metric
-        assert 0.0 <= values["accuracy"] <= 1.0
+        # every number is that of the saved model: recomputed by hand or read back from its reports
+        model = load_backbone(None, list_checkpoints(out / key)[-1]).eval()
+        assert values["accuracy"] == pytest.approx(accuracy_by_hand(model, np.asarray(pair_images), issame),
+                                                   abs=1e-9), key
+        assert values["params_m"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6), key
+        ident = json.loads((out / key / "identification" / "identification.json").read_text())
+        assert values["rank1"] == ident["cmc"]["rank1"] and ident["n_mated"] > 0, key
     assert results["teacher"]["mmacs"] > results["student_alone"]["mmacs"]
 
     # a second run finds every stage done and only rebuilds the report
@@ -65,3 +78,10 @@ def test_demo_refuses_to_mix_settings_with_an_earlier_run(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "student_steps" in err and "--fresh" in err
     assert not (out / "data").exists()  # nothing was run
+    # --fresh deletes the earlier run and redoes every stage with the settings given now
+    (out / "stale.txt").write_text("from the earlier run")
+    assert demo.main([*MINIMAL, "--out", str(out), "--fresh"]) == 0
+    printed = capsys.readouterr().out
+    assert "==> teacher" in printed and not (out / "stale.txt").exists()
+    assert "student_steps: 3" in (out / "demo_config.yaml").read_text()
+    assert (out / "student_srd_pool" / "backbone.pth").is_file()
