@@ -310,3 +310,23 @@ def test_adadistill_centres_under_two_processes_equal_the_global_batch(tmp_path:
                batch_of(DDP_LABELS[0] + DDP_LABELS[1]))
     for r in range(WORLD):
         assert torch.allclose(torch.load(tmp_path / f"rank{r}.pt", weights_only=True), single.centres, atol=1e-6)
+
+
+def test_adadistill_run_resumed_from_a_checkpoint_replays_the_uninterrupted_run(teacher: Path, tmp_path: Path) -> None:
+    """The centres travel in the checkpoints: steps 3-4 after a resume log the uninterrupted run's losses."""
+    def args(out: Path, steps: int) -> list[str]:
+        return [*COMMON, "--teacher", "r18", "--teacher-weights", str(teacher), "--teacher-width", "0.125",
+                "--teacher-embedding-size", "16", "--teacher-scale", "16", "--student", "mbf", "--width", "0.125",
+                "--embedding-size", "8", "--scale", "16", "--set", f"data={DATA}", "--loss", "adadistill",
+                "--loss-option=adadistill.scale=16", "--schedule", "constant", "--max-steps", str(steps),
+                "--ckpt-every", "2",
+                "--out", str(out)]
+    assert distill_pipeline.main(args(tmp_path / "whole", 4)) == 0
+    assert distill_pipeline.main(args(tmp_path / "split", 2)) == 0
+    assert distill_pipeline.main(["--resume", str(tmp_path / "split"), "--max-steps", "4"]) == 0
+
+    def losses(out: Path) -> dict[int, float]:
+        return {r["step"]: r["loss/adadistill/ce"] for r in read_metrics(out) if "loss/adadistill/ce" in r}
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert sorted(split) == [1, 2, 3, 4]
+    assert split == pytest.approx(whole, rel=1e-6)
