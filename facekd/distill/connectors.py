@@ -15,6 +15,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from facekd.models.interface import Backbone
+
 __all__ = ["EmbeddingConnector", "AngleConnector", "MapConnector", "ConnectorError", "feature_dim",
            "build_embedding_connector", "EMBEDDING_CONNECTORS"]
 
@@ -113,7 +115,7 @@ class MapConnector(nn.Module):
         return self.relu(self.bn(self.conv(x)))
 
 
-def feature_dim(model: object, kind: str) -> int:
+def feature_dim(model: Backbone, kind: str) -> int:
     """Size of the representation a connector reads: ``embedding_size`` for face models,
     ``feature_channels`` (last map / pooled feature) for classifiers."""
     attr = "embedding_size" if kind == "face" else "feature_channels"

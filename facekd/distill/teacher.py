@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -31,6 +31,10 @@ from facekd.distill.cache import (DeterministicRows, TeacherCache, TeacherCacheS
 from facekd.distill.critic import DEFAULT_SCALE, CosineCritic, LinearCritic
 from facekd.distill.outputs import TeacherOutput
 from facekd.log import get_logger, progress
+from facekd.models.interface import Backbone
+
+if TYPE_CHECKING:
+    from facekd.models.onnx_backbone import OnnxBackbone
 
 log = get_logger(__name__)
 
@@ -211,13 +215,13 @@ class Teacher(nn.Module):
     """Frozen backbone + critic. Faces: ``embed`` (cache or forward) and ``logits`` = s*cos(W, e)
     without margin; classifiers: ``features`` (map, pooled, logits) and the teacher's own fc as critic.
 
-    ``backbone``: a torch module (``model(x, return_features=True)`` as facekd models) or an
+    ``backbone``: a torch module meeting ``facekd.models.interface`` (``model(x, return_features=True)``) or an
     ``OnnxBackbone``; ``kind``: "face" or "classifier"; ``classifier``: class centres [C, D] (faces;
     None until fitted); ``scale``: s of the face logits (64 as arcface_torch; e.g. 32 on small CPU
     benchmarks); ``online``: never use a cache.
     """
 
-    def __init__(self, backbone: Any, kind: str = "face", classifier: Tensor | None = None,
+    def __init__(self, backbone: Backbone | OnnxBackbone, kind: str = "face", classifier: Tensor | None = None,
                  scale: float = DEFAULT_SCALE, online: bool = False, name: str = "teacher",
                  fingerprint: str | None = None) -> None:
         super().__init__()

@@ -34,16 +34,14 @@ from facekd.models.binary_layers import (
     check_stage,
     set_binary_stage,
 )
+from facekd.models.interface import check_classifier_options, check_face_options
 from facekd.models.mobilefacenet import GDC, MIN_INPUT_SIZE, NUM_DOWNSAMPLINGS, ConvBlock
 from facekd.models.outputs import ClassifierOutput, FaceOutput
 from facekd.models.registry import register_backbone
 from facekd.models.scaling import (
     InvalidModelOptionError,
     body_autocast,
-    check_dropout,
     check_image_batch,
-    check_positive_int,
-    check_width,
     conv_output_size,
     scale_channels,
 )
@@ -124,11 +122,11 @@ class BinaryMobileFaceNet(nn.Module):
         if len(stage_blocks) != 4:
             raise InvalidModelOptionError(f"{arch}: need 4 stage depths, got {stage_blocks}")
         self.arch = arch
-        self.embedding_size = check_positive_int(arch, "embedding_size", embedding_size)
-        self.input_size = check_positive_int(arch, "input_size", input_size, MIN_INPUT_SIZE)
-        self.width = check_width(arch, width)
+        opts = check_face_options(arch, embedding_size=embedding_size, input_size=input_size, width=width,
+                                  dropout=dropout, min_input_size=MIN_INPUT_SIZE)
+        self.embedding_size, self.input_size, self.width = opts.embedding_size, opts.input_size, opts.width
         self.fp16 = bool(fp16)
-        dropout = check_dropout(arch, dropout)
+        dropout = opts.dropout
         estimator = check_estimator(estimator)
         self.binary_stage = check_stage(stage)
 
@@ -184,8 +182,8 @@ class BinaryCifarResNet(nn.Module):
             raise InvalidModelOptionError(f"{arch}: depth must be 6n+2 with 4 filter sizes, got "
                                           f"depth={depth}, filters={list(filters)}")
         self.arch = arch
-        self.num_classes = check_positive_int(arch, "num_classes", num_classes)
-        self.input_size = check_positive_int(arch, "input_size", input_size, 8)
+        opts = check_classifier_options(arch, num_classes=num_classes, input_size=input_size)
+        self.num_classes, self.input_size = opts.num_classes, opts.input_size
         estimator = check_estimator(estimator)
         self.binary_stage = check_stage(stage)
         blocks_per_stage = (depth - 2) // 6

@@ -11,9 +11,10 @@ from typing import Any, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facekd.models.interface import check_classifier_options
 from facekd.models.outputs import ClassifierOutput
 from facekd.models.registry import register_backbone
-from facekd.models.scaling import InvalidModelOptionError, check_positive_int
+from facekd.models.scaling import InvalidModelOptionError
 
 CIFAR_INPUT_SIZE = 32
 
@@ -54,8 +55,8 @@ class CifarResNet(nn.Module):
             raise InvalidModelOptionError(f"{arch}: depth must be 6n+2 with 4 filter sizes, got "
                                           f"depth={depth}, filters={list(filters)}")
         self.arch = arch
-        self.num_classes = check_positive_int(arch, "num_classes", num_classes)
-        self.input_size = check_positive_int(arch, "input_size", input_size, 8)
+        opts = check_classifier_options(arch, num_classes=num_classes, input_size=input_size)
+        self.num_classes, self.input_size = opts.num_classes, opts.input_size
         blocks_per_stage = (depth - 2) // 6
 
         self.conv1 = nn.Conv2d(3, filters[0], 3, 1, 1, bias=False)

@@ -12,14 +12,12 @@ from typing import Any, Sequence
 
 from torch import Tensor, nn
 
+from facekd.models.interface import check_face_options
 from facekd.models.outputs import FaceOutput
 from facekd.models.registry import register_backbone
 from facekd.models.scaling import (
     body_autocast,
-    check_dropout,
     check_image_batch,
-    check_positive_int,
-    check_width,
     conv_output_size,
     scale_channels,
 )
@@ -124,11 +122,11 @@ class MobileFaceNet(nn.Module):
         if len(stage_blocks) != 4:
             raise ValueError(f"{arch}: need 4 stage depths, got {stage_blocks}")
         self.arch = arch
-        self.embedding_size = check_positive_int(arch, "embedding_size", embedding_size)
-        self.input_size = check_positive_int(arch, "input_size", input_size, MIN_INPUT_SIZE)
-        self.width = check_width(arch, width)
+        opts = check_face_options(arch, embedding_size=embedding_size, input_size=input_size, width=width,
+                                  dropout=dropout, min_input_size=MIN_INPUT_SIZE)
+        self.embedding_size, self.input_size, self.width = opts.embedding_size, opts.input_size, opts.width
         self.fp16 = bool(fp16)
-        dropout = check_dropout(arch, dropout)
+        dropout = opts.dropout
 
         def ch(channels: int) -> int:
             return scale_channels(channels, self.width)

@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facekd.models.interface import check_classifier_options
 from facekd.models.outputs import ClassifierOutput
 from facekd.models.registry import register_backbone
-from facekd.models.scaling import check_positive_int
 
 IMAGENET_INPUT_SIZE = 224
 
@@ -80,8 +80,8 @@ class TorchvisionClassifier(nn.Module):
 
 def _wrap(arch: str, factory: Callable[..., nn.Module], trunk: Sequence[str], head: str,
           num_classes: int, input_size: int) -> TorchvisionClassifier:
-    num_classes = check_positive_int(arch, "num_classes", num_classes)
-    input_size = check_positive_int(arch, "input_size", input_size, 8)
+    opts = check_classifier_options(arch, num_classes=num_classes, input_size=input_size)
+    num_classes, input_size = opts.num_classes, opts.input_size
     model = factory(weights=None, num_classes=num_classes)
     return TorchvisionClassifier(arch, model, trunk, head, num_classes, input_size)
 

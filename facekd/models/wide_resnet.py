@@ -12,9 +12,10 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facekd.models.interface import check_classifier_options
 from facekd.models.outputs import ClassifierOutput
 from facekd.models.registry import register_backbone
-from facekd.models.scaling import InvalidModelOptionError, check_dropout, check_positive_int
+from facekd.models.scaling import InvalidModelOptionError
 
 CIFAR_INPUT_SIZE = 32
 
@@ -76,9 +77,9 @@ class WideResNet(nn.Module):
         if (depth - 4) % 6 != 0:
             raise InvalidModelOptionError(f"{arch}: depth must be 6n+4, got {depth}")
         self.arch = arch
-        self.num_classes = check_positive_int(arch, "num_classes", num_classes)
-        self.input_size = check_positive_int(arch, "input_size", input_size, 8)
-        dropout = check_dropout(arch, dropout)
+        opts = check_classifier_options(arch, num_classes=num_classes, input_size=input_size, dropout=dropout)
+        self.num_classes, self.input_size = opts.num_classes, opts.input_size
+        dropout = opts.dropout
         blocks_per_stage = (depth - 4) // 6
         channels = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
 
