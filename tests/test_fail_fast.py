@@ -215,3 +215,26 @@ def test_classify_loss_mistakes_fail_before_data_and_teacher(flags: tuple[str, .
                                    "--no-tensorboard", "--out", str(tmp_path / "out"), *flags])
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and message in line and "missing.pth" not in line and "no_such_data" not in line
+
+
+CLASSIFY = ["--mode", "distill", "--data", "synthetic:ids=4,per_id=4,size=32", "--model", "resnet20",
+            "--teacher", "resnet20", "--batch-size", "8", "--workers", "0", "--no-tensorboard", "--max-steps", "1",
+            "--eval-epochs", "0", "--no-eval-teacher"]
+
+
+def test_classify_pool_smaller_than_a_step_fails_before_the_teacher(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert classify_pipeline.main([*CLASSIFY, "--teacher-weights", str(_not_a_model(tmp_path)), "--unlabeled",
+                                   "synthetic:ids=1,per_id=4,size=32", "--out", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--unlabeled pool of 4 images" in line and "8 unlabeled rows" in line and "--unlabeled-ratio" in line
+
+
+def test_classify_teacher_classes_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    teacher = tmp_path / "teacher.pth"
+    torch.save(build_backbone("resnet20", num_classes=10, input_size=32).state_dict(), teacher)
+    assert classify_pipeline.main([*CLASSIFY, "--teacher-weights", str(teacher), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    hint = [line for line in err.splitlines() if "teacher (--teacher-weights): try" in line]
+    assert len(hint) == 1 and "--teacher-num-classes 10" in hint[0] and "Traceback" not in err

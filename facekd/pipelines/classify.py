@@ -37,7 +37,8 @@ from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
 from facekd.pipelines.common import distill_errors, parse_student_options
 from facekd.pipelines.launch import run_command
-from facekd.pipelines.preflight import check_files, check_labeled_size, check_pool_size
+from facekd.pipelines.preflight import (WeightFlags, check_files, check_labeled_size, check_pool_size, open_model,
+                                        reword_mismatch)
 
 log = get_logger(__name__)
 
@@ -49,6 +50,10 @@ RESULTS_FILE = "results.json"
 """Last and best test accuracy of a finished run (and the teacher's, when distilling)."""
 TOPK = (1, 5)
 TEST_SET = "test"
+TEACHER_FLAGS = WeightFlags("teacher (--teacher-weights)", arch="--teacher", num_classes="--teacher-num-classes",
+                            input_size="--input-size", shared_input=True)
+"""How classify spells the teacher's builder options, for hints on weights that do not fit."""
+MODEL_FLAGS = WeightFlags("model (--init-model)", arch="--model", num_classes=None, input_size="--input-size")
 
 
 @dataclass
@@ -234,7 +239,9 @@ class ClassifyTask(TrainTask):
         if cfg.init_model:
             from facekd.models.weights import load_backbone
 
-            self.backbone.load_state_dict(load_backbone(cfg.model, cfg.init_model, **self.arch_options).state_dict())
+            start = open_model(lambda path, arch, **o: load_backbone(arch, path, **o), cfg.init_model, cfg.model,
+                               flags=MODEL_FLAGS, **self.arch_options)
+            self.backbone.load_state_dict(start.state_dict())
             log.info("%s starts from %s", cfg.model, cfg.init_model)
         self.teacher: nn.Module | None = None
         self.losses: nn.Module | None = None
@@ -249,11 +256,15 @@ class ClassifyTask(TrainTask):
         from facekd.distill.losses.registry import build_losses, parse_loss_options
         from facekd.distill.setup import prepare_teacher
         from facekd.distill.teacher import TeacherError
+        from facekd.models.weights import StateDictMismatchError
 
         cfg = self.cfg
         options = {"num_classes": cfg.teacher_num_classes or self.num_classes, "input_size": cfg.input_size}
-        setup = prepare_teacher(cfg.teacher_weights, cfg.teacher, labeled=self.dataset, online=True,
-                                seed=cfg.seed, device=self.info.device, channels_last=cfg.channels_last, **options)
+        try:
+            setup = prepare_teacher(cfg.teacher_weights, cfg.teacher, labeled=self.dataset, online=True,
+                                    seed=cfg.seed, device=self.info.device, channels_last=cfg.channels_last, **options)
+        except StateDictMismatchError as err:
+            raise reword_mismatch(err, TEACHER_FLAGS) from None
         teacher = setup.teacher
         if teacher.kind != "classifier":
             raise TeacherError(f"{cfg.teacher_weights}: a face model cannot teach a classifier here; use "

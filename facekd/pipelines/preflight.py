@@ -20,7 +20,8 @@ from facekd.log import get_logger
 log = get_logger(__name__)
 
 __all__ = ["DATA_EXAMPLES", "require_data", "check_files", "open_data", "check_labeled_size", "check_pool_size", "is_onnx",
-           "warn_ignored_for_onnx", "WeightFlags", "infer_width", "infer_embedding_size", "infer_input_size",
+           "warn_ignored_for_onnx", "WeightFlags", "infer_width", "infer_embedding_size", "infer_num_classes",
+           "infer_input_size",
            "weights_hint", "reword_mismatch", "check_input_size", "MODEL_FLAGS", "open_model"]
 
 T = TypeVar("T")
@@ -135,6 +136,7 @@ class WeightFlags:
     input_size: str | None = None
     shared_input: bool = False
     option_style: bool = False
+    num_classes: str | None = None
 
     def set(self, flag: str | None, value: Any) -> str:
         """``--teacher-width 0.125`` or ``--model-option width=0.125``."""
@@ -171,6 +173,15 @@ def infer_embedding_size(err: Any) -> int | None:
     return int(file_shape[0]) if model_shape == (size,) and file_shape != model_shape else None
 
 
+def infer_num_classes(err: Any) -> int | None:
+    """The classes of a classifier's file, when a 2-d tensor of ``num_classes`` rows has another row count."""
+    classes = err.options.get("num_classes")
+    for file_shape, model_shape in err.misshaped.values():
+        if classes and len(model_shape) == 2 and model_shape[0] == classes and file_shape[1:] == model_shape[1:]:
+            return int(file_shape[0])
+    return None
+
+
 def infer_input_size(err: Any) -> int | None:
     """The input side the file was trained at, when only layers sized by the final feature map
     differ (a depthwise kernel k x k, or a flatten-fc with k*k times the channels): 16 * k for
@@ -201,7 +212,10 @@ def weights_hint(err: Any, flags: WeightFlags) -> str:
     emb = infer_embedding_size(err)
     if emb is not None and flags.embedding_size:
         fixes.append(f"{flags.set(flags.embedding_size, emb)} (the file's embeddings are {emb}-d)")
-    size = infer_input_size(err)
+    classes = infer_num_classes(err)
+    if classes is not None and flags.num_classes:
+        fixes.append(f"{flags.set(flags.num_classes, classes)} (the file's classifier has {classes} classes)")
+    size = infer_input_size(err) if classes is None else None
     if size is not None and flags.input_size:
         shared = "; teacher and student share this one input size" if flags.shared_input else ""
         fixes.append(f"{flags.set(flags.input_size, size)} (the file was trained at about {size}px{shared})")
