@@ -19,13 +19,14 @@ rows gives a zero that still reaches every parameter. With Partial FC (``Teacher
 the softmax runs over the sampled centres, which always hold the batch's classes.
 
 Options (the paper's names): ``scale`` s and ``margin`` m of the margin loss, as the run's own head
-(defaults 64 and ArcFace's 0.5, arcface_torch's setting that the paper builds on; ``margin=None``
-picks 0.5 for ArcFace and 0.4 for CosFace, as ``--margin`` does; pass the run's ``--scale`` and
-``--margin`` when they differ); ``head`` ("arcface" | "cosface"); ``connector``: the paper feeds
-the student embedding straight into the inherited classifier (``"none"``, which needs equal
-embedding sizes); ``"angle"`` (default, facekd's: phi(e) = Q e/|e| with Q semi-orthogonal, so the
-angles the margin loss shapes in the teacher's space are the student's own, and any sizes work)
-or ``"bn"`` (Linear + BatchNorm1d).
+(the paper's point is that the inherited classifier lets the student use a large-margin softmax
+such as ArcFace; defaults are arcface_torch's s = 64, and ``margin=None`` picks 0.5 for ArcFace
+and 0.4 for CosFace, as ``--margin`` does: pass the run's ``--scale`` and ``--margin`` when they
+differ, as bench/bench_distill_accuracy.py does); ``head`` ("arcface" | "cosface");
+``connector``: the paper feeds the student embedding straight into the inherited classifier
+(``"none"``, which needs equal embedding sizes); ``"angle"`` (default, facekd's: phi(e) = Q e/|e|
+with Q semi-orthogonal, so the angles the margin loss shapes in the teacher's space are the
+student's own, and any sizes work) or ``"bn"`` (Linear + BatchNorm1d).
 
 The published method trains the student with this loss alone (the inherited classifier replaces
 the student's own); in ``facekd.pipelines.distill`` that is ``--label-weight 0``, while the default
