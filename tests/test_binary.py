@@ -395,7 +395,10 @@ def test_tiny_binary_student_distills_in_two_stages(tmp_path) -> None:
               "--embedding-size", "16", "--scale", "16", "--set", "data=synthetic:ids=8,per_id=6,size=32",
               "--max-steps", "3", "--loss", "srd"]
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    init = build_backbone("mbf_bin", width=0.125, embedding_size=16, input_size=32, stage=1).state_dict()
+    torch.save(init, tmp_path / "init.pth")  # stage 1 starts from known weights
     assert distill_pipeline.main([*common, "--student-option", "stage=1", "--weight-decay", "5e-6",
+                                  "--init-student", str(tmp_path / "init.pth"),
                                   "--val-pairs", "0", "--out", str(stage1)]) == 0
     assert distill_pipeline.main([*common, "--student-option", "stage=2", "--weight-decay", "0",
                                   "--init-student", str(stage1 / "backbone.pth"),
@@ -410,3 +413,12 @@ def test_tiny_binary_student_distills_in_two_stages(tmp_path) -> None:
     assert any(k.startswith("eval/synthetic/accuracy") for r in read_metrics(stage2) for k in r)
     student = load_backbone("mbf_bin", stage2 / "backbone.pth", width=0.125, embedding_size=16, input_size=32)
     assert student.binary_stage == 2 and student(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+    # stage 1 trained (its weights left the init) and stage 2 continued from them, not from the init
+    w1, w2 = torch.load(stage1 / "backbone.pth"), torch.load(stage2 / "backbone.pth")
+    keys = [k for k, v in init.items() if v.is_floating_point() and "running" not in k]
+
+    def dist(a: dict, b: dict) -> float:
+        return sum(float((a[k].float() - b[k].float()).pow(2).sum()) for k in keys) ** 0.5
+
+    zero = {k: torch.zeros_like(init[k]) for k in keys}
+    assert dist(w1, init) > 0.01 * dist(init, zero) and dist(w2, w1) < 0.5 * dist(w2, init)
