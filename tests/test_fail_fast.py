@@ -81,6 +81,9 @@ def test_first_log_line_says_which_data_and_pool(tmp_path: Path, facekd_log: pyt
                                           "--unlabeled", pool)) == 2
     first = [r.getMessage() for r in facekd_log.records][0]
     assert DATA in first and pool in first and "--unlabeled-ratio 1" in first
+    facekd_log.clear()
+    assert train_pipeline.main([*COMMON, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t")]) == 2
+    assert str(tmp_path / "nowhere") in [r.getMessage() for r in facekd_log.records][0]
 
 
 @pytest.mark.parametrize("flag, value, extra", [

@@ -72,7 +72,7 @@ def open_data(flag: str, spec: str, opener: Callable[[str], T]) -> T:
         raise ConfigError(f"{flag} {spec}: no such file or directory; e.g. {DATA_EXAMPLES}") from err
     except ValueError as err:  # a malformed spec (unknown synthetic key, unreadable folder...)
         text = str(err)
-        for prefix in (f"{spec!r}: ", f"{spec}: "):
+        for prefix in (f"{spec!r}: ", f"{spec}: ", f"{Path(spec)}: "):
             text = text[len(prefix):] if text.startswith(prefix) else text
         raise ConfigError(f"{flag} {spec}: {text}") from err
 
