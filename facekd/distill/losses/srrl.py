@@ -15,14 +15,43 @@ unlabeled pool are ignored. On a batch without unlabeled rows it equals ``srd`` 
 ``mode="mse"`` (the same construction: SRD extends it to open-set unlabeled data). Face form
 (facekd's transfer, not in the paper): connector Linear + BN1d on the embedding, critic
 s * cos(W_t, .) without margin, as ``srd`` for faces.
+
+A training batch whose covered rows give the connector's BatchNorm a single value per channel
+(one labeled row of a face batch) has no batch statistics: that step's SRRL terms are a zero
+that keeps the graph (as for a batch without labeled rows) instead of a BatchNorm error.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from torch import Tensor
+
 from facekd.distill.losses.functional import check_positive
-from facekd.distill.losses.registry import register_loss
-from facekd.distill.losses.srd import FaceCriticMatching, MapCriticMatching
+from facekd.distill.losses.registry import register_loss, select_rows
+from facekd.distill.losses.srd import CriticMatchingLoss, FaceCriticMatching, MapCriticMatching
+from facekd.distill.outputs import StudentOutput, TeacherOutput
 
 __all__ = ["SRRLFace", "SRRLClassifier"]
+
+
+def _values_per_channel(loss: CriticMatchingLoss, student: StudentOutput, batch: Any) -> int:
+    """How many values per channel the connector's BatchNorm sees: covered rows (x map positions)."""
+    anchor = student.require(loss._anchor, loss.name)
+    rows = select_rows(batch, anchor.shape[0], loss.labeled_only, anchor.device)
+    n = anchor.shape[0] if rows is None else int(rows.numel())
+    if isinstance(loss, MapCriticMatching):
+        fmap = student.require("feature_map", loss.name)
+        n *= int(fmap.shape[-1]) * int(fmap.shape[-2])
+    return n
+
+
+def _single_value_zero(loss: CriticMatchingLoss, student: StudentOutput, batch: Any) -> dict[str, Tensor] | None:
+    """Graph-keeping zero terms when, in training, BatchNorm would get one value per channel; else None."""
+    if not loss.training or _values_per_channel(loss, student, batch) != 1:
+        return None
+    anchor = student.require(loss._anchor, loss.name)
+    zero = anchor.sum() * 0.0 + sum(p.sum() for p in loss.parameters()) * 0.0
+    return {loss.term("logits"): zero, loss.term("feat"): zero}
 
 
 @register_loss("srrl", kinds=("face",))
@@ -39,6 +68,10 @@ class SRRLFace(FaceCriticMatching):
         super().__init__(student_dim, teacher_dim, mode="mse", T=1.0, logit_weight=beta, feat_weight=alpha,
                          feat_norm="none", labeled_only=labeled_only)
 
+    def forward(self, student: StudentOutput, teacher: TeacherOutput, batch: Any) -> dict[str, Tensor]:
+        """``srrl/logits`` and ``srrl/feat`` over the covered rows (zero when one row is covered in training)."""
+        return _single_value_zero(self, student, batch) or super().forward(student, teacher, batch)
+
 
 @register_loss("srrl", kinds=("classifier",))
 class SRRLClassifier(MapCriticMatching):
@@ -53,3 +86,7 @@ class SRRLClassifier(MapCriticMatching):
         beta = check_positive(self.name, "beta", beta)
         super().__init__(student_dim, teacher_dim, mode="mse", T=1.0, logit_weight=beta, feat_weight=alpha,
                          feat_norm="none", labeled_only=labeled_only)
+
+    def forward(self, student: StudentOutput, teacher: TeacherOutput, batch: Any) -> dict[str, Tensor]:
+        """``srrl/logits`` and ``srrl/feat`` over the covered rows (zero when BatchNorm sees one value)."""
+        return _single_value_zero(self, student, batch) or super().forward(student, teacher, batch)
