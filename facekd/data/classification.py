@@ -1,6 +1,7 @@
 """Image classification data by spec: CIFAR, image folders, Tiny-ImageNet, digits and synthetic.
 
-Specs (``kind:argument``; kinds are a registry, ``register_classification_source``):
+Specs (``kind:argument``; the ``classify`` sources of the data-source registry ``facekd.data.sources``,
+each a module of ``facekd.data.formats`` registered with ``register_source``):
 
 * ``cifar100:ROOT``, ``cifar10:ROOT``: a local copy in torchvision's layout (see
   ``facekd.data.cifar``; never downloaded);
@@ -15,7 +16,7 @@ Specs (``kind:argument``; kinds are a registry, ``register_classification_source
   classes (``facekd.data.synthetic``); ``test`` holds further photos (``test_per_id``, default
   per_id // 4) of the same identities; as a pool, identities of the unlabeled namespace.
 
-``open_classification(spec, split)`` gives a labeled ``FaceDataset`` (samples are the dicts
+``open_classification(spec, split)`` gives a labeled ``ImageDataset`` (samples are the dicts
 ``collate_samples`` and the loaders expect); ``open_classification_pool(spec)`` an unlabeled
 one (label -1, source 1). ``classification_transform(role)`` builds the matching augmentation:
 ``train`` (resize, pad-4 random crop, flip), ``eval`` (resize) and ``unlabeled`` (resize +
@@ -23,7 +24,6 @@ flip, as the SRD paper treats its Tiny-ImageNet / Places365 pools), all CIFAR-no
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,18 +32,18 @@ import albumentations as A
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from facekd.data.datasets import FaceDataset, FaceSource, parse_synthetic_spec
-from facekd.data.errors import DataFileNotFoundError, DataFormatError
+from facekd.data.datasets import ImageDataset
+from facekd.data.errors import DataFormatError
+from facekd.data.sources import (DATA_SOURCES, SPLITS, ImageSource, OpenRequest, register_source, resolve_source,
+                                 source_examples)
 from facekd.data.transforms import CIFAR_MEAN, CIFAR_STD, ImageTransform, build_transform, register_transform
 
 __all__ = [
-    "SPLITS", "DataSpecError", "ClassificationSourceKind", "CLASSIFICATION_SOURCES", "register_classification_source",
-    "parse_classification_spec", "parse_options", "open_classification_source", "open_classification",
+    "SPLITS", "DataSpecError", "register_source",
+    "parse_classification_spec", "parse_options", "need_root", "open_classification_source", "open_classification",
     "open_classification_pool", "open_evaluation_data", "align_classes", "ClassSubset", "Relabeled",
     "limit_per_class", "classification_transform", "TRANSFORM_ROLES", "class_names",
 ]
-
-SPLITS = ("train", "test")
 
 
 class DataSpecError(ValueError):
@@ -55,7 +55,7 @@ class DataSpecError(ValueError):
 class ClassSubset:
     """The rows ``rows`` of a labeled source (same classes), e.g. a few labeled images per class."""
 
-    def __init__(self, source: FaceSource, rows: Sequence[int] | np.ndarray) -> None:
+    def __init__(self, source: ImageSource, rows: Sequence[int] | np.ndarray) -> None:
         self.source = source
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = np.asarray(source.labels, dtype=np.int64)[self.rows]  # type: ignore[attr-defined]
@@ -81,7 +81,7 @@ class Relabeled:
     """A labeled source whose labels are mapped through ``mapping`` (its label -> new label)
     into ``classes``: aligns a test folder's classes with the training folder's."""
 
-    def __init__(self, source: FaceSource, mapping: np.ndarray, classes: Sequence[str]) -> None:
+    def __init__(self, source: ImageSource, mapping: np.ndarray, classes: Sequence[str]) -> None:
         self.source = source
         self.mapping = np.asarray(mapping, dtype=np.int64)
         self.classes = list(classes)
@@ -112,7 +112,7 @@ def class_names(source: object) -> list[str]:
     return [str(n) for n in names]
 
 
-def align_classes(source: FaceSource, classes: Sequence[str], where: object = "") -> FaceSource:
+def align_classes(source: ImageSource, classes: Sequence[str], where: object = "") -> ImageSource:
     """``source`` with its labels renumbered to index ``classes`` by class name (unchanged when its
     names already are ``classes``); a class of ``source`` missing from ``classes`` is an error."""
     own = class_names(source)
@@ -128,7 +128,7 @@ def align_classes(source: FaceSource, classes: Sequence[str], where: object = ""
     return Relabeled(source, np.array([index[name] for name in own], np.int64), wanted)
 
 
-def limit_per_class(source: FaceSource, per_class: int, seed: int = 0) -> ClassSubset:
+def limit_per_class(source: ImageSource, per_class: int, seed: int = 0) -> ClassSubset:
     """At most ``per_class`` images of every class, chosen by ``seed`` (a semi-supervised setting
     with few labels); rows keep their order in the source."""
     if per_class < 1:
@@ -139,45 +139,16 @@ def limit_per_class(source: FaceSource, per_class: int, seed: int = 0) -> ClassS
     return ClassSubset(source, np.sort(np.concatenate(keep)) if keep else np.empty(0, np.int64))
 
 
-# ----------------------------------------------------------------------------- spec registry
-@dataclass(frozen=True)
-class ClassificationSourceKind:
-    """A registered spec kind: ``open(argument, split, unlabeled)`` returns the reader;
-    ``example`` shows the spec in error messages and help."""
-
-    name: str
-    example: str
-    open: Callable[[str, str, bool], FaceSource]
-
-
-CLASSIFICATION_SOURCES: dict[str, ClassificationSourceKind] = {}
-
-
-def register_classification_source(name: str, example: str
-                                   ) -> Callable[[Callable[[str, str, bool], FaceSource]], Callable[[str, str, bool], FaceSource]]:
-    """Decorator registering an opener ``fn(argument, split, unlabeled) -> source`` for specs
-    ``name[:argument]``."""
-    def deco(fn: Callable[[str, str, bool], FaceSource]) -> Callable[[str, str, bool], FaceSource]:
-        if name in CLASSIFICATION_SOURCES:
-            raise ValueError(f"classification source {name!r} registered twice")
-        CLASSIFICATION_SOURCES[name] = ClassificationSourceKind(name, example, fn)
-        return fn
-    return deco
-
-
-def _kinds_text() -> str:
-    return ", ".join(k.example for k in CLASSIFICATION_SOURCES.values())
-
-
+# ----------------------------------------------------------------------------- specs
 def parse_classification_spec(spec: str | PathLike[str]) -> tuple[str, str]:
-    """(kind, argument) of ``kind[:argument]``; a bare existing folder is ``folder:<it>``."""
-    text = str(spec).strip()
-    kind, _, argument = text.partition(":")
-    if kind in CLASSIFICATION_SOURCES:
-        return kind, argument
-    if text and Path(text).is_dir():
-        return "folder", text
-    raise DataSpecError(f"unknown classification data {text!r}; expected one of: {_kinds_text()}")
+    """(kind, argument) of ``kind[:argument]`` among the ``classify`` sources of the data-source
+    registry; a bare existing folder is ``folder:<it>``."""
+    found = resolve_source(spec, ("classify",))
+    if found is None:
+        raise DataSpecError(f"unknown classification data {str(spec).strip()!r}; expected one of: "
+                            f"{source_examples('classify')}")
+    entry, argument = found
+    return entry.name, argument
 
 
 def parse_options(spec: str, argument: str, casts: dict[str, type]) -> dict[str, Any]:
@@ -197,116 +168,29 @@ def parse_options(spec: str, argument: str, casts: dict[str, type]) -> dict[str,
     return out
 
 
-def _need_root(kind: str, argument: str) -> Path:
+def need_root(kind: str, argument: str) -> Path:
+    """The folder argument of a ``kind:ROOT`` spec; a DataSpecError showing the form when it is missing."""
     if not argument:
-        raise DataSpecError(f"{kind} needs a folder: {CLASSIFICATION_SOURCES[kind].example}")
+        example = DATA_SOURCES.entry(kind, "classify").meta["example"]
+        raise DataSpecError(f"{kind} needs a folder: {example}")
     return Path(argument).expanduser()
 
 
-@register_classification_source("cifar100", "cifar100:ROOT")
-def _open_cifar100(argument: str, split: str, unlabeled: bool) -> FaceSource:
-    from facekd.data.cifar import CifarImages
-
-    return CifarImages(_need_root("cifar100", argument), "cifar100", "train" if unlabeled else split)
-
-
-@register_classification_source("cifar10", "cifar10:ROOT")
-def _open_cifar10(argument: str, split: str, unlabeled: bool) -> FaceSource:
-    from facekd.data.cifar import CifarImages
-
-    return CifarImages(_need_root("cifar10", argument), "cifar10", "train" if unlabeled else split)
-
-
-def _folder_split(root: Path, split: str) -> Path:
-    if not (root / "train").is_dir():
-        if split == "train":
-            return root
-        raise DataFormatError(root, f"no '{split}' split: a folder spec has one when ROOT holds train/ and test/ "
-                                    f"(or val/) sub-folders; otherwise give the evaluation data separately")
-    if split == "train":
-        return root / "train"
-    for name in ("test", "val"):
-        if (root / name).is_dir():
-            return root / name
-    raise DataFileNotFoundError(root / "test", "test (or val) split folder beside train/")
-
-
-@register_classification_source("folder", "folder:ROOT")
-def _open_folder(argument: str, split: str, unlabeled: bool) -> FaceSource:
-    from facekd.data.folders import ImageFiles, ImageFolderFaces
-
-    root = _need_root("folder", argument)
-    if unlabeled:
-        return ImageFiles(root)
-    if not root.exists():
-        raise DataFileNotFoundError(root, "image folder dataset (ROOT/<class>/<image>)")
-    source = ImageFolderFaces(_folder_split(root, split))
-    if split == "train" or not (root / "train").is_dir():
-        return source
-    train_classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
-    return align_classes(source, train_classes, source.root)
-
-
-@register_classification_source("tinyimagenet", "tinyimagenet:ROOT")
-def _open_tinyimagenet(argument: str, split: str, unlabeled: bool) -> FaceSource:
-    from facekd.data.tiny_imagenet import TinyImageNetImages
-
-    return TinyImageNetImages(_need_root("tinyimagenet", argument), "train" if unlabeled else split)
-
-
-@register_classification_source("digits", "digits[:size=32,test=0.25,seed=0]")
-def _open_digits(argument: str, split: str, unlabeled: bool) -> FaceSource:
-    from facekd.data.digits import DigitsImages
-
-    options = parse_options(f"digits:{argument}", argument, {"size": int, "test": float, "seed": int})
-    try:
-        return DigitsImages(size=options.get("size", 32), split="train" if unlabeled else split,
-                            test_fraction=options.get("test", 0.25), seed=options.get("seed", 0))
-    except ValueError as err:
-        raise DataSpecError(f"'digits:{argument}': {err}") from None
-
-
-@register_classification_source("synthetic", "synthetic[:ids=..,per_id=..,size=32,seed=..,test_per_id=..]")
-def _open_synthetic(argument: str, split: str, unlabeled: bool) -> FaceSource:
-    from facekd.data.synthetic import UNLABELED_BASE, SyntheticFaceDataset
-
-    items = [part.strip() for part in argument.split(",") if part.strip()]
-    test_items = [i for i in items if i.partition("=")[0].strip() == "test_per_id"]
-    rest = ",".join(i for i in items if i not in test_items)
-    try:
-        kwargs = parse_synthetic_spec(f"synthetic:{rest}")
-    except ValueError as err:
-        raise DataSpecError(f"{err} (or test_per_id for the held-out photos)") from None
-    if not any(i.partition("=")[0].strip() == "size" for i in items):
-        kwargs["size"] = 32
-    if unlabeled:
-        kwargs.setdefault("first_identity", UNLABELED_BASE)
-    elif split == "test":
-        per_id = kwargs["images_per_identity"]
-        test_options = parse_options(f"synthetic:{argument}", ",".join(test_items), {"test_per_id": int})
-        kwargs["first_sample"] = kwargs.get("first_sample", 0) + per_id
-        kwargs["images_per_identity"] = test_options.get("test_per_id", max(1, per_id // 4))
-    try:
-        return SyntheticFaceDataset(**kwargs)
-    except (ValueError, TypeError) as err:
-        raise DataSpecError(f"'synthetic:{argument}': {err}") from None
-
-
 def open_classification_source(spec: str | PathLike[str], split: str = "train",
-                               unlabeled: bool = False) -> FaceSource:
+                               unlabeled: bool = False) -> ImageSource:
     """The reader (``len``, ``num_classes``, ``labels``, ``read``) for one split of ``spec``;
     ``unlabeled`` asks for the images meant as an unlabeled pool (training images, or every
     image of a folder tree)."""
     if split not in SPLITS:
         raise DataSpecError(f"split must be one of {SPLITS}, got {split!r}")
     kind, argument = parse_classification_spec(spec)
-    return CLASSIFICATION_SOURCES[kind].open(argument, split, unlabeled)
+    return DATA_SOURCES.get(kind, "classify")(argument, OpenRequest(split=split, unlabeled=unlabeled))
 
 
 def open_classification(spec: str | PathLike[str], split: str = "train",
                         transform: Callable[[np.ndarray], Any] | None = None, *, per_class: int | None = None,
-                        subset_seed: int = 0, on_corrupt: str = "skip") -> FaceDataset:
-    """A labeled ``FaceDataset`` of one split of ``spec`` (see the module docstring); with
+                        subset_seed: int = 0, on_corrupt: str = "skip") -> ImageDataset:
+    """A labeled ``ImageDataset`` of one split of ``spec`` (see the module docstring); with
     ``per_class``, at most that many images of each class (chosen by ``subset_seed``).
     ``transform`` None means the ``eval`` pipeline."""
     source = open_classification_source(spec, split)
@@ -314,11 +198,11 @@ def open_classification(spec: str | PathLike[str], split: str = "train",
         source = limit_per_class(source, per_class, subset_seed)
     if transform is None:
         transform = classification_transform("eval")
-    return FaceDataset(source, transform, on_corrupt)
+    return ImageDataset(source, transform, on_corrupt)
 
 
 def open_evaluation_data(spec: str | PathLike[str], transform: Callable[[np.ndarray], Any] | None = None, *,
-                         classes: Sequence[str] | None = None, on_corrupt: str = "skip") -> FaceDataset:
+                         classes: Sequence[str] | None = None, on_corrupt: str = "skip") -> ImageDataset:
     """Evaluation data given on its own: the ``test`` split of ``spec``, except that a folder spec
     without ``train/`` is read whole. ``classes`` (the training class names) renumbers its labels
     by name, so a test tree missing some classes still scores against the right ones."""
@@ -329,17 +213,17 @@ def open_evaluation_data(spec: str | PathLike[str], transform: Callable[[np.ndar
         source = align_classes(source, classes, argument or spec)
     if transform is None:
         transform = classification_transform("eval")
-    return FaceDataset(source, transform, on_corrupt)
+    return ImageDataset(source, transform, on_corrupt)
 
 
 def open_classification_pool(spec: str | PathLike[str], transform: Callable[[np.ndarray], Any] | None = None,
-                             on_corrupt: str = "skip") -> FaceDataset:
-    """An unlabeled ``FaceDataset`` (labels -1, source 1) over the pool images of ``spec``;
+                             on_corrupt: str = "skip") -> ImageDataset:
+    """An unlabeled ``ImageDataset`` (labels -1, source 1) over the pool images of ``spec``;
     ``transform`` None means the ``unlabeled`` pipeline (resize to 32 + flip)."""
     source = open_classification_source(spec, "train", unlabeled=True)
     if transform is None:
         transform = classification_transform("unlabeled")
-    return FaceDataset(source, transform, on_corrupt, unlabeled=True)
+    return ImageDataset(source, transform, on_corrupt, unlabeled=True)
 
 
 # ----------------------------------------------------------------------------- transforms

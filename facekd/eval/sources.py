@@ -3,17 +3,27 @@
 ``load_embeddings(path, model=...)`` returns an ``EmbeddingSet`` (embeddings, labels or None). Image
 sources (a RecordIO dataset or a folder with one sub-folder per identity) are embedded with the
 model; ``.npy`` arrays are read as they are, their labels from ``labels_path`` or a sibling file
-``<stem>_labels.npy`` / ``<stem>.labels.npy``. Source kinds live in a small registry.
+``<stem>_labels.npy`` / ``<stem>.labels.npy``. Sources are those of the data-source registry
+(``facekd.data.sources``): ``embeddings`` sources (``npy:``) and ``face`` image sources (``rec:``,
+``folder:``...), by prefix or, for a bare path, by detection.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from facekd.data.formats.npy import sibling_labels
+from facekd.data.sources import OpenRequest, resolve_source, source_examples, split_spec
 from facekd.eval.embed import DEFAULT_BATCH_SIZE, embed_dataset
+
+__all__ = ["EVAL_KINDS", "EmbeddingSourceError", "EmbeddingSet", "source_kind", "sibling_labels", "load_embeddings",
+           "match_labels_by_name"]
+
+EVAL_KINDS = ("embeddings", "face")
+"""The data-source kinds an evaluation source may be: precomputed embeddings first, then face images."""
 
 
 class EmbeddingSourceError(ValueError):
@@ -30,78 +40,37 @@ class EmbeddingSet:
     names: Sequence[str] | None = None
 
 
-SourceLoader = Callable[..., EmbeddingSet]
-_SOURCES: dict[str, SourceLoader] = {}
-
-
-def register_source(kind: str) -> Callable[[SourceLoader], SourceLoader]:
-    """Decorator registering a loader ``(path, model, labels_path, batch_size, desc) -> EmbeddingSet``."""
-    def wrap(fn: SourceLoader) -> SourceLoader:
-        _SOURCES[kind] = fn
-        return fn
-    return wrap
-
-
 def source_kind(path: Path) -> str:
-    """"npy" for a .npy file, "rec" for a .rec file or a folder holding one, else "folder"."""
-    if path.suffix == ".npy":
-        return "npy"
-    if path.suffix == ".rec" or (path.is_dir() and any(path.glob("*.rec"))):
-        return "rec"
-    return "folder"
-
-
-def sibling_labels(path: Path) -> Path | None:
-    """The labels file stored next to an embeddings .npy, if any."""
-    for candidate in (path.with_name(path.stem + "_labels.npy"), path.with_name(path.stem + ".labels.npy")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-@register_source("npy")
-def _load_npy(path: Path, model: Any, labels_path: Path | None, batch_size: int, desc: str) -> EmbeddingSet:
-    try:
-        emb = np.load(path, allow_pickle=False)
-    except ValueError as err:
-        raise EmbeddingSourceError(f"{path}: not a plain numeric .npy array ({err})") from err
-    labels_file = labels_path or sibling_labels(path)
-    labels = None
-    if labels_file is not None:
-        if not labels_file.is_file():
-            raise EmbeddingSourceError(f"{labels_file}: labels file not found (for {path})")
-        labels = np.load(labels_file, allow_pickle=False)
-    return EmbeddingSet(emb, labels)
-
-
-def _need_model(path: Path, model: Any) -> None:
-    if model is None:
-        raise EmbeddingSourceError(f"{path}: an image source needs a model to embed it (pass --model)")
-
-
-@register_source("rec")
-def _load_rec(path: Path, model: Any, labels_path: Path | None, batch_size: int, desc: str) -> EmbeddingSet:
-    _need_model(path, model)
-    from facekd.data.recordio import MXFaceRecord
-    return EmbeddingSet(*embed_dataset(model, MXFaceRecord(path), batch_size=batch_size, desc=desc))
-
-
-@register_source("folder")
-def _load_folder(path: Path, model: Any, labels_path: Path | None, batch_size: int, desc: str) -> EmbeddingSet:
-    _need_model(path, model)
-    from facekd.data.folders import ImageFolderFaces
-    dataset = ImageFolderFaces(path)
-    emb, labels = embed_dataset(model, dataset, batch_size=batch_size, desc=desc)
-    return EmbeddingSet(emb, labels, list(dataset.classes))
+    """The data source a bare evaluation path resolves to (``npy``, ``rec``, ``folder``...; "" for none)."""
+    found = resolve_source(path, EVAL_KINDS)
+    return found[0].name if found is not None else ""
 
 
 def load_embeddings(path: str | Path, model: Any = None, labels_path: str | Path | None = None,
                     batch_size: int = DEFAULT_BATCH_SIZE, desc: str = "embedding") -> EmbeddingSet:
-    """Embeddings and labels (None when unknown) of a .npy file, a .rec dataset or an image folder."""
-    src = Path(path)
-    if not src.exists():
+    """Embeddings and labels (None when unknown) of an ``embeddings`` source (``npy``: read as it is)
+    or a ``face`` image source (``rec``, ``folder``...: embedded with ``model``), by prefix or detection."""
+    prefix, argument = split_spec(path)
+    src = Path(argument)
+    if not prefix and not src.exists():
         raise EmbeddingSourceError(f"{src}: no such file or folder ({desc})")
-    return _SOURCES[source_kind(src)](src, model, Path(labels_path) if labels_path else None, batch_size, desc)
+    found = resolve_source(path, EVAL_KINDS)
+    if found is None:
+        raise EmbeddingSourceError(f"{path}: not an evaluation source ({desc}); expected "
+                                   f"{source_examples('embeddings')}, {source_examples('face')}")
+    entry, argument = found
+    opened = entry.value(argument, OpenRequest())
+    if "embeddings" in entry.kinds:
+        try:
+            emb, labels = opened.load(Path(labels_path) if labels_path else None)
+        except ValueError as err:
+            raise EmbeddingSourceError(str(err)) from err
+        return EmbeddingSet(emb, labels)
+    if model is None:
+        raise EmbeddingSourceError(f"{src}: an image source needs a model to embed it (pass --model)")
+    emb, labels = embed_dataset(model, opened, batch_size=batch_size, desc=desc)
+    names = getattr(opened, "classes", None)
+    return EmbeddingSet(emb, labels, list(names) if names is not None else None)
 
 
 def match_labels_by_name(reference: EmbeddingSet, other: EmbeddingSet) -> np.ndarray | None:
