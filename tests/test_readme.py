@@ -215,3 +215,15 @@ def test_cpu_try_of_classify_is_minutes_not_hours() -> None:
     steps_per_epoch = 21  # digits:size=16 at the default batch 64 (measured: 2 epochs ran 42 steps)
     steps = int(getattr(ns, "max_steps", 0) or 0) or int(getattr(ns, "epochs", 240)) * steps_per_epoch
     assert steps <= 200, f"the CPU try runs {steps} steps (about 1.5 s each on a 2-core CPU)"
+
+
+def test_preset_table_is_what_each_command_lists_in_its_help() -> None:
+    from facekd.config import presets_for
+
+    for module, names in _preset_table().items():
+        assert sorted(names) == sorted(presets_for(_config_class(module))), module
+        help_text = " ".join(parser_of(module).format_help().split())
+        listed = re.search(r"presets for this command: ([^)]*)\)", help_text)
+        assert listed, f"{module} --help names its presets"
+        shown = [] if listed.group(1) == "none" else [n.strip() for n in listed.group(1).split(",")]
+        assert sorted(shown) == sorted(names), module
