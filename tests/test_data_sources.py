@@ -112,3 +112,15 @@ def test_unknown_specs_list_the_known_sources(tmp_path: Path) -> None:
     stray.write_text("x")
     with pytest.raises(DataFormatError, match="expected folder:ROOT .*rec:PATH.*synthetic"):
         open_dataset(stray)
+
+
+def test_a_prefixed_spec_is_checked_by_its_source_in_one_line(tmp_path: Path) -> None:
+    from facekd.config import ConfigError
+    from facekd.pipelines.preflight import check_files, open_data
+
+    missing = f"rec:{tmp_path / 'nowhere'}"
+    check_files([("--data", missing), ("--unlabeled", "toy:3x1")])  # prefixed specs are not path-tested here
+    with pytest.raises(ConfigError, match=r"--data rec:.*nowhere: no such file or directory"):
+        open_data("--data", missing, open_dataset)
+    with pytest.raises(ConfigError, match="--data .*nowhere: no such file"):
+        check_files([("--data", str(tmp_path / "nowhere"))])

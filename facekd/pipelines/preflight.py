@@ -42,18 +42,22 @@ def require_data(data: str | None, command: str) -> str:
     return str(data)
 
 
-def _is_synthetic(spec: str) -> bool:
-    return spec == "synthetic" or spec.startswith("synthetic:")
+def _is_source_spec(spec: str) -> bool:
+    """A ``prefix:argument`` data spec (``synthetic:...``, ``rec:PATH``...): its source checks it, not a path test."""
+    from facekd.data.sources import split_spec
+
+    return bool(split_spec(spec)[0])
 
 
 def check_files(flags: Iterable[tuple[str, str | os.PathLike[str] | None]]) -> None:
     """Each ``(flag, path)`` with a path set must exist: else one line naming the flag and the path.
-    Data specs (``--data``, ``--unlabeled``) that are ``synthetic[:...]`` are not paths."""
+    Data specs (``--data``, ``--unlabeled``) with a source prefix (``synthetic[:...]``, ``rec:PATH``...) are
+    checked by their source when opened."""
     for flag, value in flags:
         if value is None or value == "":
             continue
         text = str(value)
-        if flag in ("--data", "--unlabeled") and _is_synthetic(text):
+        if flag in ("--data", "--unlabeled") and _is_source_spec(text):
             continue
         if not Path(text).expanduser().exists():
             what = {"--data": f"; give {DATA_EXAMPLES}",
