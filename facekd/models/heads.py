@@ -32,6 +32,7 @@ __all__ = [
     "shard_range", "save_full_classifier",
 ]
 
+
 class UnknownHeadError(HeadError):
     """A head name that no builder registered."""
 
