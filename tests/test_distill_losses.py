@@ -211,6 +211,86 @@ def test_cross_logits_pass_gradient_through_frozen_centres() -> None:
     assert critic.weight.grad is None
 
 
+def _np_srd_default_logits(e_s: np.ndarray, q: np.ndarray, e_t: np.ndarray, w: np.ndarray, dt: int) -> float:
+    """SRD's default logit term written out (float64): 8 * D_t * mean((cos(Q e_s/|e_s|, W) - cos(e_t, W))^2)."""
+    cos_hat = np_normalize(np_normalize(e_s) @ q.T) @ np_normalize(w).T
+    cos_t = np_normalize(e_t) @ np_normalize(w).T
+    return float(8.0 * dt * np.mean((cos_hat - cos_t) ** 2))
+
+
+def test_srd_face_logit_term_alone_gradient_equals_finite_differences(face_case: dict) -> None:
+    """Backward on the cross-network logit term only: the student's gradient is that of the hand
+    formula (central differences, float64), the connector gets one, the critic's centres none."""
+    f = face_case
+    loss = build_loss("srd", "face", student_dim=f["ds"], teacher_dim=f["dt"])
+    q = loss.connector.matrix().detach().numpy().astype(np.float64)
+    critic = CosineCritic(t64(f["W"]), S)
+    e_s = t64(f["e_s"], grad=True)
+    terms = loss(StudentOutput(embedding=e_s), TeacherOutput(embedding=t64(f["e_t"]), critic=critic), batch_of(f["n"]))
+    terms["srd/logits"].backward()
+    eps, numeric = 1e-6, np.zeros_like(f["e_s"])
+    for idx in np.ndindex(*f["e_s"].shape):
+        up, down = f["e_s"].copy(), f["e_s"].copy()
+        up[idx] += eps
+        down[idx] -= eps
+        numeric[idx] = (_np_srd_default_logits(up, q, f["e_t"], f["W"], f["dt"])
+                        - _np_srd_default_logits(down, q, f["e_t"], f["W"], f["dt"])) / (2 * eps)
+    assert np.abs(numeric).max() > 1e-3  # the term does depend on the student
+    np.testing.assert_allclose(e_s.grad.numpy(), numeric, rtol=2e-3, atol=1e-4)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.connector.parameters())
+    assert critic.weight.grad is None and not critic.weight.requires_grad
+
+
+def test_srd_face_bn_form_logit_term_alone_trains_connector_not_critic(face_case: dict) -> None:
+    """The earlier (BN connector) form: the logit term alone gives the connector and the student the
+    gradient of the hand formula (autograd on it, float64), and leaves the teacher's centres alone."""
+    f = face_case
+    loss = build_loss("srd", "face", student_dim=f["ds"], teacher_dim=f["dt"], beta=1.0, lambda_f=1.0, **BN_FORM)
+    w, g, b = set_embedding_connector(loss.connector, f["rng"])
+    critic = CosineCritic(t64(f["W"]), S)
+    e_s = t64(f["e_s"], grad=True)
+    terms = loss(StudentOutput(embedding=e_s), TeacherOutput(embedding=t64(f["e_t"]), critic=critic), batch_of(f["n"]))
+    terms["srd/logits"].backward()
+    # the same formula in float64 torch, built only from the numbers: x -> BN(x W^T) -> s cos(., centres)
+    x = torch.tensor(f["e_s"], requires_grad=True)
+    lin = torch.tensor(w, requires_grad=True)
+    y = x @ lin.T
+    phi = (y - y.mean(0)) / torch.sqrt(y.var(0, unbiased=False) + 1e-5) * torch.tensor(g) + torch.tensor(b)
+    wn = nn.functional.normalize(torch.tensor(f["W"]), dim=1)
+    z_hat = S * nn.functional.normalize(phi, dim=1) @ wn.T
+    z_t = S * nn.functional.normalize(torch.tensor(f["e_t"]), dim=1) @ wn.T
+    ((z_hat - z_t) ** 2).mean().backward()
+    np.testing.assert_allclose(e_s.grad.numpy(), x.grad.numpy(), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(loss.connector.linear.weight.grad.numpy(), lin.grad.numpy(), rtol=1e-3, atol=1e-5)
+    assert critic.weight.grad is None
+
+
+def test_srd_labeled_only_gives_unlabeled_rows_no_loss(face_case: dict) -> None:
+    """labeled_only: the terms are those of the labeled rows alone; unlabeled rows get no gradient
+    and changing them changes nothing."""
+    f = face_case
+    labeled = [True, False, True, False, False, True]
+    keep = np.flatnonzero(labeled)
+    loss = build_loss("srd", "face", student_dim=f["ds"], teacher_dim=f["dt"], labeled_only=True)
+    q = loss.connector.matrix().detach().numpy().astype(np.float64)
+    critic = CosineCritic(t64(f["W"]), S)
+    e_s = t64(f["e_s"], grad=True)
+    terms = loss(StudentOutput(embedding=e_s), TeacherOutput(embedding=t64(f["e_t"]), critic=critic),
+                 batch_of(f["n"], labeled))
+    want = _np_srd_default_logits(f["e_s"][keep], q, f["e_t"][keep], f["W"], f["dt"])
+    assert terms["srd/logits"].item() == pytest.approx(want, rel=1e-4)
+    everything = _np_srd_default_logits(f["e_s"], q, f["e_t"], f["W"], f["dt"])
+    assert abs(everything - want) > 1e-3 * want  # all rows would give another value
+    sum(terms.values()).backward()
+    assert torch.all(e_s.grad[~torch.tensor(labeled)] == 0) and e_s.grad[torch.tensor(labeled)].abs().sum() > 0
+    moved_s, moved_t = f["e_s"].copy(), f["e_t"].copy()
+    moved_s[~np.array(labeled)] += 5.0
+    moved_t[~np.array(labeled)] -= 3.0
+    again = loss(StudentOutput(embedding=t64(moved_s)), TeacherOutput(embedding=t64(moved_t), critic=critic),
+                 batch_of(f["n"], labeled))
+    assert all(torch.allclose(again[k], terms[k].detach()) for k in terms)
+
+
 # ---------------------------------------------------------------- baselines
 def test_kd_own_logits_hand_computation() -> None:
     rng = np.random.default_rng(1)
