@@ -227,3 +227,15 @@ def test_preset_table_is_what_each_command_lists_in_its_help() -> None:
         assert listed, f"{module} --help names its presets"
         shown = [] if listed.group(1) == "none" else [n.strip() for n in listed.group(1).split(",")]
         assert sorted(shown) == sorted(names), module
+
+
+def test_demo_report_real_data_commands_use_real_flags() -> None:
+    """The demo prints real-data commands into report.md: the same check as README's."""
+    from facekd.pipelines.demo import REAL_DATA_COMMANDS
+
+    cmds = [c for c in map(facekd_command, logical_lines(REAL_DATA_COMMANDS)) if c is not None]
+    assert len(cmds) >= 6
+    for module, args in cmds:
+        test_readme_command_uses_only_flags_of_its_parser(module, args, " ".join([module, *args]))
+    identify = next(args for module, args in cmds if module == "facekd.eval.identify")
+    assert "--out" in identify

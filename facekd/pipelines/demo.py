@@ -260,11 +260,11 @@ python -m facekd.data_prep.make_bin --folder aligned_test/ --num-pairs 6000 data
 # 2. distil a released teacher (arcface_torch backbone.pth, or an insightface .onnx) into MobileFaceNet,
 #    labeled MS1M-style .rec plus your unlabeled aligned faces
 python -m facekd.pipelines.distill --teacher r100 --teacher-weights backbone.pth --student mbf \\
-    --data ms1m/ --unlabeled aligned/ --val-bins lfw.bin,cfp_fp.bin,agedb_30.bin --export-onnx --out runs/mbf
+    --data ms1m/ --unlabeled aligned/ --val-bins data/mine_test.bin,lfw.bin --export-onnx --out runs/mbf
 # (the same on 8 GPUs: torchrun --nproc_per_node 8 -m facekd.pipelines.distill ...)
-# 3. evaluate
-python -m facekd.eval.verify --model runs/mbf/backbone.pth --arch mbf --bins lfw.bin,cfp_fp.bin,agedb_30.bin
-python -m facekd.eval.identify --model runs/mbf/model.onnx --gallery gallery/ --probes probes/
+# 3. evaluate (gallery/ and probes/: one sub-folder per held-out person, same names; see README.md)
+python -m facekd.eval.verify --model runs/mbf/backbone.pth --arch mbf --bins data/mine_test.bin,lfw.bin --out runs/mbf/verify
+python -m facekd.eval.identify --model runs/mbf/model.onnx --gallery gallery/ --probes probes/ --out runs/mbf/identify
 """
 
 
