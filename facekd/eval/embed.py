@@ -34,7 +34,7 @@ class EmbeddingError(ValueError):
     """Images or model output that cannot be turned into embeddings; the message says why."""
 
 
-class FaceDataset(Protocol):
+class ImageReader(Protocol):
     """What ``embed_dataset`` reads: ``len`` and ``read(i) -> (rgb uint8 HxWx3, label)``."""
 
     def __len__(self) -> int: ...
@@ -172,7 +172,7 @@ def embed_images(model: Any, images: np.ndarray, batch_size: int = DEFAULT_BATCH
     return l2_normalise(out) if normalise else out
 
 
-def read_dataset_images(dataset: FaceDataset, indices: Sequence[int] | None = None,
+def read_dataset_images(dataset: ImageReader, indices: Sequence[int] | None = None,
                         size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All (or the chosen) images of a dataset as one uint8 array, resized to ``size`` if given, plus labels."""
     idx = range(len(dataset)) if indices is None else indices
@@ -191,7 +191,7 @@ def read_dataset_images(dataset: FaceDataset, indices: Sequence[int] | None = No
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def embed_dataset(model: Any, dataset: FaceDataset, batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True,
+def embed_dataset(model: Any, dataset: ImageReader, batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True,
                   device: str | torch.device | None = None, desc: str = "embedding",
                   show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings [N, D], labels [N]) of every image of a dataset (.rec reader or image folder), in blocks.
