@@ -83,6 +83,7 @@ def verify_model(model: Any, sets: Sequence[VerificationSet], batch_size: int = 
 
 
 def _folds_text(folds: Sequence[int]) -> str:
+    """1-based fold numbers, the first five and how many more."""
     return ", ".join(str(k + 1) for k in folds[:5]) + (f" (+{len(folds) - 5} more)" if len(folds) > 5 else "")
 
 
