@@ -13,7 +13,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import yaml
 
@@ -26,9 +26,10 @@ class ConfigError(ValueError):
     """A configuration value or key that cannot be used; the message says which."""
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str = "", default_factory: Any = dataclasses.MISSING,
-          choices: Sequence[Any] | None = None) -> Any:
-    """A dataclass field carrying the help text (and optional choices) shown by ``--help``."""
+def field(default: Any = dataclasses.MISSING, *, help: str | Callable[[], str] = "",
+          default_factory: Any = dataclasses.MISSING, choices: Sequence[Any] | None = None) -> Any:
+    """A dataclass field carrying the help text (and optional choices) shown by ``--help``; a callable
+    help is called when the parser is built (e.g. to list a registry's names)."""
     meta = {"help": help, "choices": tuple(choices) if choices else None}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
@@ -249,6 +250,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse
             continue
         default = getattr(defaults, f.name)
         help_text = f.metadata.get("help", "") if f.metadata else ""
+        help_text = help_text() if callable(help_text) else help_text
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         choices = f.metadata.get("choices") if f.metadata else None
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,

@@ -18,8 +18,9 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from facekd.registry import Registry
 
-__all__ = ["OptimError", "OPTIMIZERS", "SCHEDULES", "register_optimizer", "build_optimizer", "list_optimizers", "register_schedule",
-           "list_schedules", "OptimSettings", "ScheduleSpec", "build_scheduler", "lr_factor", "milestones_tuple"]
+__all__ = ["OptimError", "OPTIMIZERS", "SCHEDULES", "register_optimizer", "build_optimizer", "list_optimizers",
+           "register_schedule", "list_schedules", "OptimSettings", "ScheduleSpec", "build_scheduler", "lr_factor",
+           "milestones_tuple"]
 
 
 class OptimError(ValueError):

@@ -30,11 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facekd.config import ConfigError, field
+from facekd.distill.losses.registry import list_losses
 from facekd.engine.config import TrainConfig, parse_training_config
 from facekd.engine.distributed import DistInfo
 from facekd.engine.task import TrainTask
 from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
+from facekd.models.registry import list_backbones
 from facekd.pipelines.common import distill_errors, parse_student_options
 from facekd.pipelines.launch import run_command
 from facekd.pipelines.preflight import (WeightFlags, check_files, check_labeled_size, check_pool_size, open_model,
@@ -65,8 +67,7 @@ class ClassifyConfig(TrainConfig):
                                            "backbone.pth, results.json)")
     mode: str = field("student", help="'teacher' or 'student': cross-entropy training of --model; 'distill': "
                                       "--model learns from --teacher", choices=MODES)
-    model: str = field("resnet8x4", help="the model trained (resnet8x4, resnet32x4, resnet20, resnet56, wrn_40_2, "
-                                         "wrn_40_1, wrn_16_2, resnet18, mobilenet_v2)")
+    model: str = field("resnet8x4", help=lambda: f"the model trained ({', '.join(list_backbones('classifier'))})")
     model_option: list[str] = field(default_factory=list, help="extra builder options of --model key=value, "
                                                                "comma-separated (e.g. dropout=0.3 for WRNs)")
     # teacher
@@ -92,8 +93,8 @@ class ClassifyConfig(TrainConfig):
     crop_padding: int = field(4, help="zero padding before the random crop of labeled images (0 = no crop)")
     on_corrupt: str = field("skip", help="a corrupt image file: 'skip' it or 'fail'", choices=("skip", "fail"))
     # losses
-    loss: str = field("srd", help="distillation loss(es) with weights, e.g. 'srd', 'kd:0.9', 'srd:1.0,kd:0.5' "
-                                  "(srd, kd, feat, srrl)")
+    loss: str = field("srd", help=lambda: "distillation loss(es) with weights, e.g. 'srd', 'kd:0.9', 'srd:1.0,kd:0.5' "
+                                         f"({', '.join(list_losses('classifier'))})")
     loss_option: list[str] = field(default_factory=list, help="loss options loss.option=value, comma-separated "
                                                               "(e.g. kd.T=4, srd.lambda_f=10)")
     label_weight: float = field(1.0, help="weight of the cross-entropy on labeled rows (RepDistiller's KD recipe: "

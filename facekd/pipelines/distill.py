@@ -25,12 +25,14 @@ import torch
 from torch import Tensor, nn
 
 from facekd.config import ConfigError, field
+from facekd.distill.losses.registry import list_losses
 from facekd.engine import distributed as fdist
 from facekd.engine.config import TrainConfig, parse_training_config
 from facekd.engine.distributed import DistInfo
 from facekd.engine.task import TrainTask
 from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
+from facekd.models.registry import list_backbones
 from facekd.pipelines.common import (FaceVerificationEval, attach_margin_head, distill_errors,
                                      parse_student_options)
 from facekd.pipelines.launch import run_command
@@ -82,7 +84,7 @@ class DistillConfig(TrainConfig):
                                       "same images, so a torch teacher is built at this size and an ONNX teacher "
                                       "must take it")
     # student
-    student: str = field("mbf", help="student backbone name (mbf, mbf_large, r18, ...)")
+    student: str = field("mbf", help=lambda: f"student backbone name ({', '.join(list_backbones('face'))})")
     student_option: list[str] = field(default_factory=list, help="extra student builder options key=value, "
                                                                  "comma-separated (e.g. stage=1 for binary students)")
     init_student: str | None = field(None, help="start the student from these weights (e.g. a previous stage's "
@@ -98,8 +100,8 @@ class DistillConfig(TrainConfig):
     label_weight: float = field(1.0, help="weight of the student's margin loss on labeled rows (0 = distillation "
                                           "terms only, no student head)")
     # distillation
-    loss: str = field("srd", help="distillation loss(es) with weights, e.g. 'srd' or 'srd:1.0,kd:0.5' "
-                                  "(srd, kd, cosine, feat, srrl)")
+    loss: str = field("srd", help=lambda: "distillation loss(es) with weights, e.g. 'srd' or 'srd:1.0,kd:0.5' "
+                                         f"({', '.join(list_losses('face'))})")
     loss_option: list[str] = field(default_factory=list, help="loss options loss.option=value, comma-separated "
                                                               "(e.g. srd.mode=kl,srd.T=4)")
     # data

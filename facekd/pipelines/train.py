@@ -22,6 +22,7 @@ from facekd.engine.distributed import DistInfo
 from facekd.engine.task import TrainTask
 from facekd.engine.trainer import Trainer, TrainResult, setup_run
 from facekd.log import get_logger
+from facekd.models.registry import list_backbones
 from facekd.pipelines.common import FaceVerificationEval, attach_margin_head
 from facekd.pipelines.launch import run_command, setup_errors
 from facekd.pipelines.preflight import check_files, open_data, require_data
@@ -35,7 +36,7 @@ __all__ = ["FaceTrainConfig", "FaceTrainTask", "run", "main"]
 class FaceTrainConfig(TrainConfig):
     """Settings of ``python -m facekd.pipelines.train`` (the common training flags plus these)."""
 
-    backbone: str = field("mbf", help="backbone name from facekd.models (r18, r34, r50, r100, r200, mbf, mbf_large)")
+    backbone: str = field("mbf", help=lambda: f"face backbone name ({', '.join(list_backbones('face'))})")
     head: str = field("arcface", help="margin head", choices=("arcface", "cosface"))
     scale: float = field(64.0, help="logit scale s of the margin head "
                                "(64 is arcface_torch's, for MS1M-sized data at 112 px; on small sets (thousands "
