@@ -12,17 +12,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from facekd.config import ConfigError
 from facekd.log import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["DATA_EXAMPLES", "require_data", "check_files", "open_data", "check_labeled_size", "check_pool_size", "is_onnx",
-           "warn_ignored_for_onnx", "WeightFlags", "infer_width", "infer_embedding_size", "infer_num_classes",
-           "infer_input_size",
-           "weights_hint", "reword_mismatch", "check_input_size", "MODEL_FLAGS", "open_model"]
+__all__ = ["DATA_EXAMPLES", "MODEL_FLAGS", "require_data", "check_files", "open_data", "check_labeled_size",
+           "check_pool_size", "check_input_size", "is_onnx", "warn_ignored_for_onnx", "WeightFlags", "infer_width",
+           "infer_embedding_size", "infer_num_classes", "infer_input_size", "weights_hint", "reword_mismatch",
+           "open_model"]
 
 T = TypeVar("T")
 
