@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from facekd.models.interface import Backbone
+from facekd.registry import Registry
 
 __all__ = ["EmbeddingConnector", "AngleConnector", "MapConnector", "ConnectorError", "feature_dim",
            "build_embedding_connector", "EMBEDDING_CONNECTORS"]
@@ -82,15 +83,15 @@ class AngleConnector(nn.Module):
             return nn.functional.normalize(x.float(), dim=1) @ self.matrix().t()
 
 
-EMBEDDING_CONNECTORS = {"bn": EmbeddingConnector, "angle": AngleConnector}
+EMBEDDING_CONNECTORS: Registry[type[nn.Module]] = Registry("connector", error=ConnectorError)
 """Connectors for face embeddings by option name (``connector=`` of the face losses)."""
+EMBEDDING_CONNECTORS.add("bn", EmbeddingConnector)
+EMBEDDING_CONNECTORS.add("angle", AngleConnector)
 
 
 def build_embedding_connector(name: str, in_dim: int, out_dim: int) -> nn.Module:
     """An embedding connector by name ('bn': Linear + BN1d; 'angle': semi-orthogonal on unit vectors)."""
-    if name not in EMBEDDING_CONNECTORS:
-        raise ConnectorError(f"unknown connector '{name}'; known: {', '.join(EMBEDDING_CONNECTORS)}")
-    return EMBEDDING_CONNECTORS[name](in_dim, out_dim)
+    return EMBEDDING_CONNECTORS.get(name)(in_dim, out_dim)
 
 
 class MapConnector(nn.Module):
