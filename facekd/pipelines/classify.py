@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facekd.config import ConfigError, field
+from facekd.data.sources import source_examples
 from facekd.distill.losses.registry import list_losses
 from facekd.engine.config import TrainConfig, parse_training_config
 from facekd.engine.distributed import DistInfo
@@ -79,9 +80,9 @@ class ClassifyConfig(TrainConfig):
     teacher_num_classes: int | None = field(None, help="classes of the teacher's classifier (default: the data's)")
     eval_teacher: bool = field(True, help="distill mode: score the teacher on the test data once before training")
     # data
-    data: str | None = field(None, help="labeled data: cifar100:ROOT, cifar10:ROOT (torchvision's layout, never "
-                                        "downloaded), folder:ROOT (ImageFolder; ROOT/train + ROOT/test when "
-                                        "present), tinyimagenet:ROOT, digits[:size=32] or synthetic[:...]")
+    data: str | None = field(None, help=lambda: "labeled data: " + source_examples("classify") + " (CIFAR in "
+                                        "torchvision's layout, never downloaded; a folder's ROOT/train + ROOT/test "
+                                        "when present)")
     test_data: str | None = field(None, help="evaluation data (default: the test split of --data); a folder "
                                              "without train/ is read whole, classes matched by name")
     labeled_per_class: int = field(0, help="keep only this many labeled training images per class, chosen by "

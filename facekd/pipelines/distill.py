@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from facekd.config import ConfigError, field
+from facekd.data.sources import source_examples
 from facekd.distill.losses.registry import list_losses
 from facekd.engine import distributed as fdist
 from facekd.engine.config import TrainConfig, parse_training_config
@@ -105,11 +106,11 @@ class DistillConfig(TrainConfig):
     loss_option: list[str] = field(default_factory=list, help="loss options loss.option=value, comma-separated "
                                                               "(e.g. srd.mode=kl,srd.T=4)")
     # data
-    data: str | None = field(None, help="labeled training data (required): 'synthetic[:ids=..,per_id=..,size=..,"
-                                        "seed=..]', a RecordIO folder or .rec, or an image folder tree (one folder "
-                                        "per identity)")
-    unlabeled: str | None = field(None, help="unlabeled pool (any face images, any identities): an image folder "
-                                             "tree, a .rec (labels ignored) or 'synthetic[:...]'")
+    data: str | None = field(None, help=lambda: "labeled training data (required): " + source_examples("face")
+                                        + ", or a bare path (a RecordIO folder or .rec, an image folder tree: one "
+                                        "folder per identity)")
+    unlabeled: str | None = field(None, help=lambda: "unlabeled pool (any face images, any identities; labels "
+                                             "ignored): " + source_examples("face") + ", or a bare path")
     unlabeled_ratio: float = field(1.0, help="unlabeled rows per labeled row in each batch")
     on_corrupt: str = field("skip", help="a corrupt training image: 'skip' it or 'fail'", choices=("skip", "fail"))
     flip: float = field(0.5, help="probability of a horizontal flip augmentation")

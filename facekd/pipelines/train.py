@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 from torch import Tensor, nn
 
 from facekd.config import field
+from facekd.data.sources import source_examples
 from facekd.engine.config import TrainConfig, parse_training_config
 from facekd.engine.distributed import DistInfo
 from facekd.engine.task import TrainTask
@@ -45,9 +46,9 @@ class FaceTrainConfig(TrainConfig):
     margin: float | None = field(None, help="margin (default: 0.5 for ArcFace, 0.4 for CosFace)")
     partial_fc: float = field(1.0, help="Partial FC sample rate of negative class centres (1.0 = all); "
                                         "centres are sharded over the ranks whenever there is more than one")
-    data: str | None = field(None, help="training data (required): 'synthetic[:ids=..,per_id=..,size=..,seed=..]', "
-                                        "a RecordIO folder or .rec file, or an image folder tree (one folder per "
-                                        "identity)")
+    data: str | None = field(None, help=lambda: "training data (required): " + source_examples("face") + ", or a "
+                                        "bare path (a RecordIO folder or .rec file, an image folder tree: one folder "
+                                        "per identity)")
     on_corrupt: str = field("skip", help="a corrupt training image: 'skip' it or 'fail'", choices=("skip", "fail"))
     flip: float = field(0.5, help="probability of a horizontal flip augmentation")
     dropout: float = field(0.0, help="dropout before the embedding layer")
