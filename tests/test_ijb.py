@@ -353,6 +353,17 @@ def test_model_path_torch_and_onnx_end_to_end(ijb_root, tiny_model, tmp_path, ca
     assert "| backbone-IJBC |" in capsys.readouterr().out
 
 
+def test_model_that_does_not_fit_is_hinted_in_ijb_flags(ijb_root, tiny_model, tmp_path, capsys) -> None:
+    root, _ = ijb_root
+    path, _ = tiny_model  # r18 at width 0.125, 16-d: given without its options
+    assert main(["--root", str(root), "--target", "IJBC", "--model", str(path), "--arch", "r18",
+                 "--out", str(tmp_path / "hint")]) == 2
+    err = capsys.readouterr().err
+    hint = [line for line in err.splitlines() if "model (--model): try" in line]
+    assert len(hint) == 1 and "--model-option width=0.125" in hint[0] and "--model-option embedding_size=16" in hint[0]
+    assert "Traceback" not in err and not (tmp_path / "hint" / "features.npy").exists()
+
+
 def test_no_flip_embeds_the_image_only(ijb_root, tiny_model, tmp_path) -> None:
     root, info = ijb_root
     path, model = tiny_model

@@ -23,6 +23,7 @@ from facekd.eval.ijb_meta import IJBInputError, IJBMeta, read_meta
 from facekd.eval.ijb_protocol import (FAR_TARGETS, TestMode, identification_1n, image_inputs, normalise_templates,
                                       one_n_templates, pair_scores, tar_at_far, template_rows, template_sums)
 from facekd.log import get_logger
+from facekd.pipelines.preflight import open_model
 
 log = get_logger("facekd.eval.ijb")
 
@@ -188,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
         method = Path(args.features).stem
     else:
         from facekd.eval.ijb_features import extract_features
-        model = load_model(args.model, args.arch, **parse_model_options(args.model_option))
+        model = open_model(load_model, args.model, args.arch, **parse_model_options(args.model_option))
         features = extract_features(model, meta.image_dir, meta.images, args.batch_size, flip=mode.flip,
                                     device=args.device, workers=args.workers)
         out.mkdir(parents=True, exist_ok=True)
