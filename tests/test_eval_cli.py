@@ -231,3 +231,18 @@ def test_verify_warns_that_arch_is_ignored_for_onnx(workdir, caplog) -> None:
         logger.removeHandler(caplog.handler)
     assert any("--arch r100" in r.getMessage() and "ignored" in r.getMessage() and r.levelno == logging.WARNING
                for r in caplog.records)
+
+
+def test_training_validation_sets_explain_their_layout_once(caplog) -> None:
+    """``--val-bins`` sets in train/distill: the layout notes come before training, not a bare nan."""
+    from facekd.pipelines.common import ValidationSet, warn_fold_layout
+
+    blocked = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    images = np.zeros((1200, 4, 4, 3), np.uint8)
+    with caplog.at_level("WARNING"):
+        warn_fold_layout([ValidationSet("blocked", images, blocked),
+                          ValidationSet("fine", images, np.tile([True, False], 300))])
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(messages) == 2 and all(m.startswith("validation set blocked: ") for m in messages)
+    assert "test fold(s) 6, 7, 8, 9, 10 of 10 hold no genuine pair" in messages[0]
+    assert "test fold(s) 1, 2, 3, 4, 5 of 10 hold no impostor pair" in messages[1]

@@ -87,8 +87,9 @@ def _folds_text(folds: Sequence[int]) -> str:
     return ", ".join(str(k + 1) for k in folds[:5]) + (f" (+{len(folds) - 5} more)" if len(folds) > 5 else "")
 
 
-def metric_notes(metrics: dict[str, Any], issame: np.ndarray, nfolds: int) -> list[str]:
-    """Why a set's figures may mislead: folds too small, accuracy at or below chance, NaN metrics."""
+def fold_notes(issame: np.ndarray, nfolds: int = 10) -> list[str]:
+    """What the pair layout alone does to the figures, whatever the model: folds too small for a
+    meaningful accuracy, folds without a genuine pair (VAL@FAR nan) or an impostor pair (its FAR nan)."""
     same = np.asarray(issame, dtype=bool)
     n = int(same.size)
     notes: list[str] = []
@@ -98,28 +99,36 @@ def metric_notes(metrics: dict[str, Any], issame: np.ndarray, nfolds: int) -> li
                      f"each fold's accuracy moves in steps of {1.0 / max(per_fold, 1):.2g} and its threshold is "
                      f"fitted on {n - per_fold} pairs, so Accuracy-Flip is not meaningful; use more pairs "
                      f"(make_bin --num-pairs) or fewer --nfolds")
-    chance = max(float(same.mean()), 1.0 - float(same.mean())) if n else 0.5
-    if metrics["accuracy"] < chance:
-        notes.append(f"Accuracy-Flip {metrics['accuracy']:.3f} is below chance ({chance:.3f}, always answering "
-                     f"the majority label): thresholds fitted on the training folds do not carry over to the "
-                     f"test folds; with few pairs that is noise, else the model is untrained or loaded wrongly "
-                     f"(--arch, --model-option width=/input_size=)")
     no_same, no_diff = [], []
     for k, (_, test) in enumerate(fold_splits(n, nfolds)):
         if not same[test].any():
             no_same.append(k)
         if same[test].all():
             no_diff.append(k)
-    if np.isnan(metrics["val_at_far"]):
-        why = (f"test fold(s) {_folds_text(no_same)} of {nfolds} hold no genuine pair, so VAL (genuine pairs "
-               f"accepted) is undefined there; the folds are contiguous blocks of the file, as insightface's, "
-               f"so build the .bin with genuine and impostor pairs in every block (make_bin --folds "
-               f"{nfolds}) or pass the --nfolds it was built with") if no_same else \
-              "it is undefined on these pairs (non-finite distances: check the embeddings)"
-        notes.append(f"VAL@FAR=1e-3 is nan: {why}")
-    if np.isnan(metrics.get("val_far", 0.0)) and no_diff:
+    if no_same:
+        notes.append(f"VAL@FAR=1e-3 is nan: test fold(s) {_folds_text(no_same)} of {nfolds} hold no genuine pair, "
+                     f"so VAL (genuine pairs accepted) is undefined there; the folds are contiguous blocks of the "
+                     f"file, as insightface's, so build the .bin with genuine and impostor pairs in every block "
+                     f"(make_bin --folds {nfolds}) or pass the --nfolds it was built with")
+    if no_diff:
         notes.append(f"the FAR behind VAL@FAR is nan: test fold(s) {_folds_text(no_diff)} of {nfolds} hold no "
                      f"impostor pair")
+    return notes
+
+
+def metric_notes(metrics: dict[str, Any], issame: np.ndarray, nfolds: int) -> list[str]:
+    """Why a set's figures may mislead: the pair layout (``fold_notes``), accuracy below chance,
+    NaN metrics."""
+    same = np.asarray(issame, dtype=bool)
+    notes = fold_notes(same, nfolds)
+    chance = max(float(same.mean()), 1.0 - float(same.mean())) if same.size else 0.5
+    if metrics["accuracy"] < chance:
+        notes.append(f"Accuracy-Flip {metrics['accuracy']:.3f} is below chance ({chance:.3f}, always answering "
+                     f"the majority label): thresholds fitted on the training folds do not carry over to the "
+                     f"test folds; with few pairs that is noise, else the model is untrained or loaded wrongly "
+                     f"(--arch, --model-option width=/input_size=)")
+    if np.isnan(metrics["val_at_far"]) and not any(n.startswith("VAL@FAR=1e-3 is nan") for n in notes):
+        notes.append("VAL@FAR=1e-3 is nan: the distances are not finite (check the embeddings)")
     for key in ("accuracy", "auc", "eer"):
         if np.isnan(metrics.get(key, 0.0)):
             notes.append(f"{key} is nan: the embeddings hold non-finite values (an untrained or diverged model?)")

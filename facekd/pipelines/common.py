@@ -24,7 +24,7 @@ from facekd.engine.task import TrainTask
 from facekd.pipelines.launch import setup_errors
 
 __all__ = ["ValidationSet", "FaceVerificationEval", "synthetic_validation", "load_validation_bins",
-           "evaluate_verification", "init_class_centres", "attach_margin_head", "parse_student_options",
+           "evaluate_verification", "warn_fold_layout", "init_class_centres", "attach_margin_head", "parse_student_options",
            "distill_errors", "HEAD_INIT_STD", "EVAL_BATCH"]
 
 HEAD_INIT_STD = 0.01
@@ -96,6 +96,17 @@ def evaluate_verification(backbone: nn.Module, sets: Sequence[ValidationSet], de
     return out
 
 
+def warn_fold_layout(sets: Sequence[ValidationSet], nfolds: int = 10) -> None:
+    """Say once, before training, what a set's pair layout does to its figures (folds too small,
+    VAL@FAR nan): ``facekd.eval.verify.fold_notes``."""
+    from facekd.eval.verify import fold_notes
+    from facekd.log import get_logger
+
+    for vs in sets:
+        for note in fold_notes(vs.issame, nfolds):
+            get_logger(__name__).warning("validation set %s: %s", vs.name, note)
+
+
 class FaceVerificationEval:
     """``evaluate`` for face tasks: held-out synthetic pairs (synthetic data) and ``--val-bins``, on rank 0."""
 
@@ -107,6 +118,7 @@ class FaceVerificationEval:
         if is_main:
             synth = synthetic_validation(data, val_pairs)
             self.validation = ([synth] if synth is not None else []) + load_validation_bins(val_bins)
+            warn_fold_layout(self.validation)
 
     def evaluate(self, modules: Mapping[str, nn.Module]) -> dict[str, float]:
         """Verification metrics of the backbone on every loaded set (empty when none)."""
