@@ -21,6 +21,15 @@ def test_file_errors_share_the_base(cls: type[FileProblemError]) -> None:
     assert type(back) is cls and str(back) == str(err) and back.problem == "truncated"
 
 
+def test_index_file_error_shares_the_base() -> None:
+    pytest.importorskip("faiss")
+    from facekd.eval.identification import IdentificationError, IndexFileError
+    err = IndexFileError("gallery/meta.json", "unreadable index metadata")
+    assert isinstance(err, FileProblemError) and isinstance(err, IdentificationError)
+    assert str(err) == f"{Path('gallery/meta.json')}: unreadable index metadata"
+    assert str(pickle.loads(pickle.dumps(err))) == str(err)
+
+
 def test_onnx_error_shares_the_base() -> None:
     pytest.importorskip("onnxruntime")
     from facekd.models.onnx_backbone import OnnxModelError

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import faiss
 import numpy as np
 
+from facekd.errors import FileProblemError
 from facekd.log import get_logger, progress
 from facekd.registry import Registry
 
@@ -50,8 +51,8 @@ class MissingLabelsError(IdentificationError):
     """Embeddings without (or with mismatched) identity labels."""
 
 
-class IndexFileError(IdentificationError):
-    """A saved index directory that is missing files or inconsistent."""
+class IndexFileError(IdentificationError, FileProblemError):
+    """A saved index directory that is missing files or inconsistent (``path``: the file or directory)."""
 
 
 # ---- embeddings ---------------------------------------------------------------------------------
@@ -360,19 +361,19 @@ class GalleryIndex:
         src = Path(directory)
         missing = [n for n in ("index.faiss", "labels.npy", "meta.json") if not (src / n).is_file()]
         if missing:
-            raise IndexFileError(f"{src}: not a saved gallery index (missing {', '.join(missing)})")
+            raise IndexFileError(src, f"not a saved gallery index (missing {', '.join(missing)})")
         try:
             meta = json.loads((src / "meta.json").read_text())
             options = IndexOptions(**meta.get("options", {}))
         except (json.JSONDecodeError, TypeError) as err:
-            raise IndexFileError(f"{src / 'meta.json'}: unreadable index metadata ({err})") from err
+            raise IndexFileError(src / "meta.json", f"unreadable index metadata ({err})") from err
         try:
             index = faiss.read_index(str(src / "index.faiss"))
         except RuntimeError as err:
-            raise IndexFileError(f"{src / 'index.faiss'}: faiss cannot read it ({err})") from err
+            raise IndexFileError(src / "index.faiss", f"faiss cannot read it ({err})") from err
         labels = np.load(src / "labels.npy", allow_pickle=False)
         if labels.shape != (index.ntotal,):
-            raise IndexFileError(f"{src}: {labels.shape[0]} labels for an index of {index.ntotal} vectors")
+            raise IndexFileError(src, f"{labels.shape[0]} labels for an index of {index.ntotal} vectors")
         names = meta.get("names")
         return cls(index=index, labels=labels.astype(np.int64), kind=str(meta.get("kind", "loaded")),
                    options=options, names=[str(n) for n in names] if isinstance(names, list) else None)
