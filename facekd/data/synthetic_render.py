@@ -1,4 +1,4 @@
-"""Procedural face identities: facekd's built-in data for the demo, the tests and the benchmarks.
+"""The procedural face renderer: identities drawn on demand for the demo, the tests and the benchmarks.
 
 Every identity is a fixed random *appearance* (face and jaw proportions, skin, hair colour and
 style, ears, placement and shape of eyes, brows, nose and mouth, beard, glasses, moles and
