@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from facekd.data.datasets import open_dataset
 from facekd.engine.metrics_log import read_metrics
@@ -15,7 +16,7 @@ from facekd.models.registry import build_backbone
 from facekd.models.weights import load_backbone, load_classifier, load_weights_file
 from facekd.pipelines import distill as distill_pipeline
 from facekd.pipelines import train as train_pipeline
-from facekd.pipelines.distill import sample_critic_centres
+from facekd.pipelines.distill import DistillConfig, DistillTask, sample_critic_centres
 
 DATA = "synthetic:ids=10,per_id=6,size=32"
 POOL = "synthetic:ids=6,per_id=4,size=32"
@@ -152,3 +153,84 @@ def test_loss_mistakes_fail_before_the_teacher_is_touched(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert code == 2 and message in err and "missing.pth" not in err
     assert not (tmp_path / "out" / "teacher_cache").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# inside DistillTask: cached == online teacher, Partial FC, the unlabeled mix
+
+def _task(teacher: Path, out: Path, *extra: str) -> DistillTask:
+    from facekd.engine.config import parse_training_config
+    from facekd.engine.distributed import DistInfo
+
+    cfg, _ = parse_training_config(DistillConfig, _student_args(teacher, out, "--max-steps", "1", *extra))
+    return DistillTask(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
+
+
+def test_cached_and_online_teacher_give_the_same_loss_inside_the_task(teacher: Path, tmp_path: Path) -> None:
+    cached = _task(teacher, tmp_path / "cached", "--unlabeled", POOL)
+    online = _task(teacher, tmp_path / "online", "--unlabeled", POOL, "--online-teacher",
+                   "--teacher-head", str(tmp_path / "cached" / "teacher_head.pth"))
+    assert cached.teacher.cache is not None and online.teacher.cache is None  # two different paths
+    batch = next(iter(cached.loader))
+    assert batch.labeled.any() and (~batch.labeled).any() and batch.flipped.any()
+    modules = cached.modules()  # one student, one connector, one head: only the teacher differs
+    modules["backbone"].eval()
+    t_cached, t_online = cached.teacher.outputs(batch), online.teacher.outputs(batch)
+    # the cache holds float16 copies of the online embeddings of the same images (flips included)
+    torch.testing.assert_close(t_cached.embedding, t_online.embedding, rtol=2e-3, atol=2e-3 * float(
+        t_online.embedding.abs().max()))
+    a = cached.compute_losses(batch, modules)
+    b = online.compute_losses(batch, modules)
+    assert set(a) == set(b) == {"arcface", "srd/logits", "srd/feat"}
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=5e-3, atol=1e-6)
+
+
+def test_partial_fc_through_the_distill_task(teacher: Path, tmp_path: Path) -> None:
+    """--partial-fc 0.5: the student head samples half the classes (every positive kept) and the
+    critic scores the very same sample; the command runs and saves the full head."""
+    from facekd.models.partial_fc import PartialFC
+
+    task = _task(teacher, tmp_path / "task", "--partial-fc", "0.5", "--loss-option", "srd.mode=kl")
+    assert isinstance(task.head, PartialFC) and task.head.sample_rate == 0.5
+    batch = next(iter(task.loader))
+    modules = task.modules()
+    terms = task.compute_losses(batch, modules)
+    sample = task.head.all_last_samples()
+    positives = set(batch.labels[batch.labeled].tolist())
+    assert positives <= set(sample.tolist()) and len(sample) == max(5, len(positives)) < 10
+    assert torch.equal(task._critic_centres(batch, modules), sample)
+    # the critic's KL equals the one computed by hand on the sampled centres only (not on all 10)
+    with torch.no_grad():
+        e_s = modules["backbone"](batch.images, return_features=True).embedding
+        e_t = task.teacher.outputs(batch, sample).embedding
+        q = modules["distill"].losses["srd"].connector.matrix()
+        centres = F.normalize(task.teacher.classifier_weight(), dim=1)
+
+        def kl(rows: torch.Tensor) -> float:
+            z_hat = 16.0 * F.normalize(F.normalize(e_s, dim=1) @ q.T, dim=1) @ centres[rows].T
+            z_t = 16.0 * F.normalize(e_t, dim=1) @ centres[rows].T
+            log_p_s, log_p_t = F.log_softmax(z_hat / 4.0, dim=1), F.log_softmax(z_t / 4.0, dim=1)
+            return float(8.0 * (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean() * 16.0)
+
+    assert terms["srd/logits"].item() == pytest.approx(kl(sample), rel=1e-4)
+    assert abs(kl(torch.arange(10)) - kl(sample)) > 1e-3 * kl(sample)
+    out = tmp_path / "run"
+    assert distill_pipeline.main(_student_args(teacher, out, "--partial-fc", "0.5", "--max-steps", "2",
+                                               "--val-pairs", "0")) == 0
+    records = read_metrics(out)
+    assert {"loss/arcface", "loss/srd/logits"} <= {k for r in records for k in r}
+    assert load_classifier(out / "head.pth").shape == (10, 16)
+
+
+@pytest.mark.parametrize("ratio, unlabeled", [(1.0, 12), (0.5, 6), (0.25, 3)])
+def test_unlabeled_ratio_sets_the_mix_of_every_batch(teacher: Path, tmp_path: Path, ratio: float,
+                                                     unlabeled: int) -> None:
+    task = _task(teacher, tmp_path / "mix", "--unlabeled", POOL, "--unlabeled-ratio", str(ratio))
+    it = iter(task.loader)
+    for _ in range(3):
+        batch = next(it)
+        assert int(batch.labeled.sum()) == 12 and int((~batch.labeled).sum()) == unlabeled
+        assert (batch.labels[~batch.labeled] == -1).all() and (batch.source[~batch.labeled] == 1).all()
+    terms = task.compute_losses(batch, task.modules())  # CE on the labeled rows, SRD on every row
+    assert set(terms) == {"arcface", "srd/logits", "srd/feat"}
