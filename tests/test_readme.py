@@ -239,3 +239,16 @@ def test_demo_report_real_data_commands_use_real_flags() -> None:
         test_readme_command_uses_only_flags_of_its_parser(module, args, " ".join([module, *args]))
     identify = next(args for module, args in cmds if module == "facekd.eval.identify")
     assert "--out" in identify
+
+
+TORCHRUN_FLAGS = {"--nnodes", "--node_rank", "--master_addr", "--master_port", "--nproc_per_node"}
+BENCH_FLAGS = {"--quick"}  # bench/*.py scripts, not facekd commands
+
+
+def test_every_flag_the_readme_names_exists_in_a_facekd_command() -> None:
+    """Prose included: a renamed or removed option leaves no stale name behind."""
+    known = set(TORCHRUN_FLAGS | BENCH_FLAGS)
+    for module, _ in cli.VERBS.values():
+        known |= set(parser_of(module)._option_string_actions)
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", README.read_text(encoding="utf-8")))
+    assert not named - known, f"README names options no facekd command has: {sorted(named - known)}"
