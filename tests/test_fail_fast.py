@@ -165,6 +165,14 @@ def test_teacher_mismatch_hint_names_distill_flags(teacher_file: Path, tmp_path:
     assert not (tmp_path / "b" / "teacher_cache").exists()
 
 
+def test_unnamed_teacher_architecture_names_the_teacher_flag(teacher_file: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    args = [a for a in _distill(teacher_file, tmp_path / "out", "--data", DATA) if a not in ("--teacher", "r18")]
+    assert distill_pipeline.main(args) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "does not name its architecture" in line and "--teacher r100" in line and "--arch" not in line
+
+
 def test_init_student_hint_names_the_student_flags(teacher_file: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     start = tmp_path / "student.pth"

@@ -503,7 +503,7 @@ def load_teacher(weights: str | os.PathLike[str] | None, arch: str | None = None
     from facekd.models.weights import load_backbone, load_classifier
 
     path = require_teacher_weights(weights, arch)
-    backbone = load_backbone(arch, path, **arch_options)
+    backbone = load_backbone(arch, path, arch_flag="--teacher", **arch_options)
     kind = "face" if isinstance(backbone, OnnxBackbone) else backbone_kind(backbone.arch)
     if kind == "classifier" and head is not None:
         raise TeacherError(f"{head}: a classification teacher uses the fc layer in its own weights; "

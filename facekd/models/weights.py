@@ -559,10 +559,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], a
     model.load_state_dict(sd, strict=True)
 
 
-def load_backbone(arch: str | None, path: str | os.PathLike[str], **options: Any) -> Any:
+def load_backbone(arch: str | None, path: str | os.PathLike[str], *, arch_flag: str = "--arch",
+                  **options: Any) -> Any:
     """A backbone in eval mode from a weights file: torch files are built with ``build_backbone(arch,
     **options)`` and loaded strictly (facekd checkpoints supply arch and options); ``.onnx`` files
-    give an OnnxBackbone (option ``providers``)."""
+    give an OnnxBackbone (option ``providers``). ``arch_flag``: how the calling command names
+    ``arch`` in its errors (``--teacher`` in distill)."""
     p = Path(path)
     if p.suffix.lower() == ONNX_SUFFIX:
         from facekd.models.onnx_backbone import OnnxBackbone
@@ -579,12 +581,12 @@ def load_backbone(arch: str | None, path: str | os.PathLike[str], **options: Any
         FacekdCheckpoint.validate(obj, p)
         if arch is not None and arch != obj["arch"]:
             raise WeightsFileError(p, f"is a facekd checkpoint of architecture '{obj['arch']}', not '{arch}'; "
-                                      "drop --arch or pass the right one")
+                                      f"drop {arch_flag} or pass the right one")
         arch = obj["arch"]
         options = {**obj.get("arch_options", {}), **options}
     if arch is None:
         raise WeightsFileError(p, f"is a {fmt.description} that does not name its architecture; "
-                                  "say which one it is (e.g. --arch r100, r50, mbf)")
+                                  f"say which one it is (e.g. {arch_flag} r100, r50, mbf)")
     sd = backbone_state_dict(obj, p)
     model = build_backbone(arch, **options)
     load_state_dict_strict(model, sd, arch, options, source=p)

@@ -241,8 +241,8 @@ class ClassifyTask(TrainTask):
         if cfg.init_model:
             from facekd.models.weights import load_backbone
 
-            start = open_model(lambda path, arch, **o: load_backbone(arch, path, **o), cfg.init_model, cfg.model,
-                               flags=MODEL_FLAGS, **self.arch_options)
+            start = open_model(lambda path, arch, **o: load_backbone(arch, path, arch_flag="--model", **o),
+                               cfg.init_model, cfg.model, flags=MODEL_FLAGS, **self.arch_options)
             self.backbone.load_state_dict(start.state_dict())
             log.info("%s starts from %s", cfg.model, cfg.init_model)
         self.teacher: nn.Module | None = None

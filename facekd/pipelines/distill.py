@@ -238,7 +238,7 @@ class DistillTask(FaceVerificationEval, TrainTask):
         self.backbone = build_backbone(cfg.student, **self.arch_options)
         if cfg.init_student:
             try:
-                start = load_backbone(cfg.student, cfg.init_student, **self.arch_options)
+                start = load_backbone(cfg.student, cfg.init_student, arch_flag="--student", **self.arch_options)
             except StateDictMismatchError as err:
                 raise reword_mismatch(err, STUDENT_FLAGS) from None
             self.backbone.load_state_dict(start.state_dict())
