@@ -289,6 +289,7 @@ def test_empty_input_folder_exits_nonzero_with_one_line(tmp_path: Path,
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
 
 
+@pytest.mark.slow  # two interpreters import torch: about 6 s on an idle 2-core machine
 def test_module_run_with_workers_prints_no_runpy_warning(tmp_path: Path) -> None:
     """``python -m facekd.data_prep.align ... --workers 2`` (forkserver by default): the workers
     re-run the module as __mp_main__; it must not also be preloaded (runpy's RuntimeWarning)."""
