@@ -12,7 +12,8 @@
   are shuffled (``--seed``) into ``--folds`` disjoint groups, and each fold holds
   ``--num-pairs / folds / 2`` genuine pairs then as many impostor pairs drawn inside its group,
   so insightface's 10-fold protocol (contiguous folds) never shares an identity between folds.
-  ``--save-pairs`` writes the sampled pairs as a pair list.
+  ``--save-pairs`` writes the sampled pairs as a pair list, once the .bin is written (both
+  outputs are checked before anything is read: existing ones need ``--overwrite``).
 
 Images are stored as their JPEG bytes when already ``--size`` JPEGs, else decoded, resized and
 encoded at ``--quality`` (``--no-resize`` refuses other sizes). The file is written with
