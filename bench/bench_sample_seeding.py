@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from bench._report import table, write_section
 from facekd.data.batch import collate_samples
-from facekd.data.datasets import FaceDataset
+from facekd.data.datasets import ImageDataset
 from facekd.data.image_codec import encode_image
 from facekd.data.loaders import EpochLoader, sample_seed
 from facekd.data.transforms import ImageTransform, face_train_transform
@@ -30,7 +30,7 @@ _ALL_AUGMENTATIONS = dict(color_jitter=1.0, blur=0.5, affine=1.0, erasing=0.5)
 
 
 class JpegsInMemory:
-    """A ``FaceSource`` over JPEG bytes held in memory (decode on read)."""
+    """An ``ImageSource`` over JPEG bytes held in memory (decode on read)."""
 
     def __init__(self, blobs: list[np.ndarray]) -> None:
         self.blobs = blobs
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append([label, f"{work:.0f}", f"{albu:.1f} ({albu / work:.0%})",
                      f"{ours_only:.1f} ({ours_only / work:.0%})", f"{ours:.1f} ({ours / work:.0%})"])
 
-    dataset = FaceDataset(source, face_train_transform())
+    dataset = ImageDataset(source, face_train_transform())
     plain = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=collate_samples,
                        generator=torch.Generator().manual_seed(0))
     seeded = EpochLoader(dataset, args.batch_size, workers=0, pin_memory=False)

@@ -71,7 +71,7 @@ class Batch:
 
 
 def collate_samples(samples: Sequence[Mapping[str, object]]) -> Batch:
-    """Stack ``FaceDataset`` sample dicts (image, label, index, flipped, skipped, source) into a Batch."""
+    """Stack ``ImageDataset`` sample dicts (image, label, index, flipped, skipped, source) into a Batch."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     shapes = {tuple(s["image"].shape) for s in samples}  # type: ignore[union-attr]

@@ -109,7 +109,7 @@ def _every_sample(dataset: Any) -> dict[str, Any]:
 
 def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
     """Flat dict (kind, length, classes, hashes: see the module docstring) identifying every sample of
-    ``dataset`` (a ``FaceDataset`` or a bare source with ``len``, ``num_classes`` and ``read``)."""
+    ``dataset`` (an ``ImageDataset`` or a bare source with ``len``, ``num_classes`` and ``read``)."""
     from facekd.data.folders import ImageFiles, ImageFolderFaces
     from facekd.data.recordio import MXFaceRecord
     from facekd.data.synthetic import SyntheticFaceDataset

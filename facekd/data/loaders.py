@@ -9,7 +9,7 @@
   to a multiple of the world size, as ``DistributedSampler`` does, so every rank has the same
   number of batches.
 * Augmentation: before reading sample i of epoch e the loader reseeds the dataset's transform
-  (``dataset.reseed(sample_seed(seed, e, i, stream))``, see ``FaceDataset.reseed`` and
+  (``dataset.reseed(sample_seed(seed, e, i, stream))``, see ``ImageDataset.reseed`` and
   ``ImageTransform.reseed``), so a sample looks the same whichever worker, rank or position
   reads it. The sampler hands each index to the workers together with its epoch, so nothing
   (not even prefetched samples of an abandoned epoch) can pick up the wrong seed. The global

@@ -388,7 +388,7 @@ class TeacherCache:
               stall_timeout: float = STALL_TIMEOUT) -> "TeacherCache":
         """Build (or resume, or reuse) the cache of ``teacher`` on ``dataset`` seen through ``transform``.
 
-        ``dataset`` offers ``len()`` and ``read(i) -> (RGB uint8, label)`` (a ``FaceDataset``);
+        ``dataset`` offers ``len()`` and ``read(i) -> (RGB uint8, label)`` (an ``ImageDataset``);
         ``transform`` is its training transform (flips only; None = normalisation only). Call on
         every rank with the run's ``collective``: each rank embeds its parts in chunks of
         ``batch_size`` rows; every ``commit_every`` chunks they are flushed and marked done, so an
