@@ -234,3 +234,33 @@ def test_unlabeled_ratio_sets_the_mix_of_every_batch(teacher: Path, tmp_path: Pa
         assert (batch.labels[~batch.labeled] == -1).all() and (batch.source[~batch.labeled] == 1).all()
     terms = task.compute_losses(batch, task.modules())  # CE on the labeled rows, SRD on every row
     assert set(terms) == {"arcface", "srd/logits", "srd/feat"}
+
+
+def test_killed_distillation_resumes_to_the_uninterrupted_weights(teacher: Path, tmp_path: Path) -> None:
+    """README: --resume continues a run after a crash; with a pool, SRD and a mid-epoch cut the
+    student, its head and the connector end bitwise equal to a run that was never stopped."""
+    from facekd.engine.checkpoint import list_checkpoints
+    from facekd.engine.config import parse_training_config
+
+    def kill_after(step: int):
+        def callback(trainer, done: int) -> None:
+            if done == step:
+                raise KeyboardInterrupt
+        return callback
+
+    common = ("--unlabeled", POOL, "--unlabeled-ratio", "0.5", "--max-steps", "8", "--ckpt-every", "3",
+              "--val-pairs", "0", "--seed", "4", "--deterministic")
+    assert distill_pipeline.main(_student_args(teacher, tmp_path / "full", *common)) == 0
+    cfg, _ = parse_training_config(DistillConfig, _student_args(teacher, tmp_path / "cut", *common))
+    with pytest.raises(KeyboardInterrupt):  # 60 images / 12 = 5 steps per epoch: dies mid-epoch 2
+        distill_pipeline.run(cfg, callbacks=[kill_after(7)])
+    assert list_checkpoints(tmp_path / "cut")[-1].name == "step_00000006.pt"
+    assert distill_pipeline.main(["--resume", str(tmp_path / "cut")]) == 0
+    for name in ("backbone.pth", "head.pth"):
+        full, resumed = load_weights_file(tmp_path / "full" / name), load_weights_file(tmp_path / "cut" / name)
+        assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full), name
+    full_ckpt = torch.load(list_checkpoints(tmp_path / "full")[-1], weights_only=False)
+    cut_ckpt = torch.load(list_checkpoints(tmp_path / "cut")[-1], weights_only=False)
+    assert full_ckpt["step"] == cut_ckpt["step"] == 8 and "distill" in full_ckpt["modules"]
+    connector, resumed = full_ckpt["modules"]["distill"], cut_ckpt["modules"]["distill"]
+    assert connector and all(torch.equal(connector[k], resumed[k]) for k in connector)

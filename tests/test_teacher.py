@@ -296,3 +296,19 @@ def test_critic_selects_the_sampled_centres_once_per_sample() -> None:
     assert torch.allclose(critic(x, centres), expected, atol=1e-6) and not torch.allclose(first, expected)
     other = torch.tensor([0, 49])
     assert critic(x, other).shape == (3, 2) and critic._selected[0]() is other
+
+
+def test_saved_face_classifier_rebuilds_the_critic_bit_for_bit(tmp_path: Path) -> None:
+    """A resumed run (or another rank) rebuilds the critic from the saved head: the very same bits,
+    even for centres that are not unit length (normalising twice can move the last bit)."""
+    from facekd.models.weights import load_classifier
+
+    torch.manual_seed(0)
+    centres = 3.0 * torch.randn(30, 16)
+    teacher = Teacher(tiny_r18(), "face", classifier=centres, scale=32.0)
+    head = teacher.save_classifier(tmp_path / "teacher_head.pth")
+    again = Teacher(tiny_r18(), "face", classifier=load_classifier(head), scale=32.0)
+    assert torch.equal(again.critic.weight, teacher.critic.weight)
+    shared = Teacher(tiny_r18(), "face", classifier=teacher.classifier_centres(), scale=32.0)
+    assert torch.equal(shared.critic.weight, teacher.critic.weight)
+    assert torch.equal(teacher.classifier_centres(), centres)

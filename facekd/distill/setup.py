@@ -93,7 +93,7 @@ def prepare_teacher(weights: str | os.PathLike[str] | None, arch: str | None, *,
                 report = teacher.fit_classifier(emb, labels, num_classes, **options)
             report["teacher_sha256"] = teacher.fingerprint()
         if collective.world_size > 1:
-            centres, report = collective.share((teacher.classifier_weight() if collective.rank == 0 else None,
+            centres, report = collective.share((teacher.classifier_centres() if collective.rank == 0 else None,
                                                 report))
             teacher.set_classifier(centres)
     return TeacherSetup(teacher, cached, report)

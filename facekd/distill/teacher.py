@@ -239,6 +239,7 @@ class Teacher(nn.Module):
         self._fingerprint = fingerprint
         self.cache: TeacherCacheSet | None = None
         self.critic: nn.Module | None = None
+        self._centres: Tensor | None = None  # the face centres as given, before the critic normalises them
         if kind == "classifier":
             linear = getattr(backbone, "classifier", None)
             if not isinstance(linear, nn.Linear):
@@ -318,6 +319,14 @@ class Teacher(nn.Module):
             raise TeacherError(f"{self.name}: classifier of shape {list(weight.shape)} does not fit embeddings of "
                                f"size {self.embedding_size}")
         self.critic = CosineCritic(weight, self.scale).to(self.device)
+        self._centres = weight.detach().float().cpu().clone()
+
+    def classifier_centres(self) -> Tensor:
+        """The face centres as given to ``set_classifier`` (CPU copy): a critic rebuilt from them (a saved
+        head on resume, another rank) is bit for bit this one; normalising twice can move the last bit."""
+        if self._centres is None:
+            raise TeacherError(f"{self.name} has no face classifier to return")
+        return self._centres.clone()
 
     def classifier_weight(self) -> Tensor:
         """The critic's matrix (face centres, normalised, [C, D]) as a detached CPU copy."""
@@ -332,7 +341,7 @@ class Teacher(nn.Module):
         from facekd.models.weights import save_weights_file
 
         digest = torch.tensor(list(bytes.fromhex(self.fingerprint())), dtype=torch.uint8)
-        return save_weights_file({"weight": self.classifier_weight(), FINGERPRINT_KEY: digest}, path)
+        return save_weights_file({"weight": self.classifier_centres(), FINGERPRINT_KEY: digest}, path)
 
     # -- forward passes ------------------------------------------------------------------------
     def _autocast(self, device: torch.device) -> Any:
