@@ -110,7 +110,7 @@ def test_unknown_specs_list_the_known_sources(tmp_path: Path) -> None:
         open_classification("rec:x")  # a face-only source is not classification data
     stray = tmp_path / "notes.txt"
     stray.write_text("x")
-    with pytest.raises(DataFormatError, match="expected folder:ROOT .*rec:PATH.*synthetic"):
+    with pytest.raises(DataFormatError, match="expected bin:PATH .*folder:ROOT .*rec:PATH.*synthetic"):
         open_dataset(stray)
 
 
@@ -124,3 +124,16 @@ def test_a_prefixed_spec_is_checked_by_its_source_in_one_line(tmp_path: Path) ->
         open_data("--data", missing, open_dataset)
     with pytest.raises(ConfigError, match="--data .*nowhere: no such file"):
         check_files([("--data", str(tmp_path / "nowhere"))])
+
+
+def test_a_verification_bin_is_an_unlabeled_pool_not_training_data(tmp_path: Path) -> None:
+    from facekd.data.verification_bin import save_bin
+
+    images = np.stack([np.full((16, 16, 3), 40 * k, np.uint8) for k in range(4)])
+    path = save_bin(tmp_path / "pairs.bin", images, [True, False], fmt=".png")
+    pool = open_unlabeled(path)  # detected by its suffix, and by its prefix below
+    assert len(pool) == 4 and pool.num_classes == 0 and pool[2]["label"] == -1
+    assert np.array_equal(pool.read(3)[0], images[3]) and pool.read(3)[1] == -1
+    assert len(open_unlabeled(f"bin:{path}")) == 4
+    with pytest.raises(DataFormatError, match="without identity labels.*--unlabeled"):
+        open_dataset(path)

@@ -2,7 +2,7 @@
 classification data and evaluation sources.
 
 A spec is ``prefix:argument``: ``rec:/data/ms1m``, ``folder:photos``, ``synthetic:ids=400,size=32``,
-``cifar100:ROOT``, ``cifar10:ROOT``, ``tinyimagenet:ROOT``, ``digits:size=32``, ``npy:gallery.npy``;
+``cifar100:ROOT``, ``cifar10:ROOT``, ``tinyimagenet:ROOT``, ``digits:size=32``, ``npy:gallery.npy``, ``bin:lfw.bin``;
 a bare word that is a prefix (``synthetic``, ``digits``) is that source with no argument, and a
 bare path is recognised by ``detect`` in ``detection_order()`` (the one place that orders them).
 
@@ -38,7 +38,7 @@ KINDS = ("face", "classify", "embeddings")
 """What a source serves: face images, classification data (with splits), precomputed embeddings."""
 SPLITS = ("train", "test")
 
-DETECTION_ORDER: tuple[str, ...] = ("synthetic", "npy", "rec", "folder")
+DETECTION_ORDER: tuple[str, ...] = ("synthetic", "npy", "rec", "bin", "folder")
 """The order in which a bare path (no ``prefix:``) is tried against each source's ``detect``.
 Sources registered with a detector but not listed here are tried after the listed ones except the
 last (``folder``, which accepts any directory), in the order they registered."""
