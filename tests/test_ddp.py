@@ -75,3 +75,26 @@ def test_two_process_checkpoint_resumes_in_one_process(runs: dict[str, Path], tm
     assert main(["--resume", str(resumed), "--batch-size", str(IDS * PER_ID)]) == 0  # same global batch
     assert_states_close(load_weights_file(resumed / "backbone.pth"), load_weights_file(runs["single"] / "backbone.pth"))
     assert_states_close(load_weights_file(resumed / "head.pth"), load_weights_file(runs["single"] / "head.pth"))
+
+
+def test_one_process_checkpoint_resumes_in_two_processes(runs: dict[str, Path], tmp_path: Path) -> None:
+    """README: a run can resume on a different number of GPUs; here 1 -> 2 gloo processes, the same
+    global batch: the full head is sharded on load and the weights end as the single run's."""
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(runs["single"], resumed)
+    for p in list_checkpoints(resumed)[1:]:
+        p.unlink()  # keep the step-2 checkpoint only
+    assert load_checkpoint(list_checkpoints(resumed)[-1])["world_size"] == 1
+    (resumed / "backbone.pth").unlink()
+    (resumed / "head.pth").unlink()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FACEKD_NO_PROGRESS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "facekd.pipelines.train", "--resume", str(resumed), "--batch-size",
+                           str(IDS * PER_ID // 2)], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "distributed: 2 processes, backend gloo" in proc.stderr
+    assert load_checkpoint(list_checkpoints(resumed)[-1])["world_size"] == 2
+    assert_states_close(load_weights_file(resumed / "backbone.pth"), load_weights_file(runs["single"] / "backbone.pth"))
+    assert_states_close(load_weights_file(resumed / "head.pth"), load_weights_file(runs["single"] / "head.pth"))
