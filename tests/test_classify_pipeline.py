@@ -269,3 +269,32 @@ def test_binary_classifier_two_stages_with_init_model(cifar: Path, teacher: Path
     a, b = load_weights_file(one / "backbone.pth"), load_weights_file(two / "backbone.pth")
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-20) for k in a if "running" not in k and "num_batches" not in k)
+
+
+def test_classify_distillation_under_torchrun_matches_one_process(cifar: Path, teacher: Path, tmp_path: Path) -> None:
+    """README: every training pipeline runs under torchrun unchanged. 2 gloo processes x 12 images
+    train the weights of one process x 24 (one global batch per epoch, no augmentation, frozen BN)."""
+    import os
+    import subprocess
+    import sys
+
+    from _asserts import assert_states_close
+    from facekd.models.weights import load_weights_file
+
+    common = ["--mode", "distill", "--model", "resnet20", "--teacher", "resnet20", "--teacher-weights",
+              str(teacher / "backbone.pth"), "--data", f"cifar100:{cifar}", "--loss", "srd", "--workers", "0",
+              "--no-tensorboard", "--flip", "0", "--crop-padding", "0", "--bn-mode", "frozen", "--max-steps", "2",
+              "--lr", "0.05", "--no-eval-teacher", "--device", "cpu", "--log-every", "1"]
+    assert classify.main([*common, "--batch-size", "24", "--out", str(tmp_path / "single")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FACEKD_NO_PROGRESS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "facekd.pipelines.classify", *common, "--batch-size", "12",
+                           "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "distributed: 2 processes, backend gloo" in proc.stderr
+    single, ddp = (load_weights_file(tmp_path / run / "backbone.pth") for run in ("single", "ddp"))
+    assert_states_close(ddp, single)
+    losses = [r["loss/srd/logits"] for r in read_metrics(tmp_path / "ddp") if "loss/srd/logits" in r]
+    assert len(losses) == 2 and losses[1] != losses[0]  # the second step saw updated weights
+    assert losses == pytest.approx([r["loss/srd/logits"] for r in read_metrics(tmp_path / "single")
+                                    if "loss/srd/logits" in r], rel=1e-4)
