@@ -180,3 +180,53 @@ def test_corrupt_images_are_skipped_and_reported_per_epoch(tmp_path: Path) -> No
     reports = [r for r in read_metrics(out) if "data/skipped" in r]
     assert [(r["epoch"], r["data/skipped"]) for r in reports] == [(0, 1), (1, 1)]
     assert main([*args[:-2], "--on-corrupt", "fail", "--out", str(tmp_path / "strict")]) == 2
+
+
+def _without_tensorboard(args: list[str]) -> list[str]:
+    return [a for a in args if a != "--no-tensorboard"]
+
+
+def test_tensorboard_events_hold_the_logged_metrics(tmp_path: Path) -> None:
+    """README: train writes TensorBoard events (on unless --no-tensorboard): the same scalars as metrics.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    assert main(_without_tensorboard(_args(out, "--max-steps", "4", "--log-every", "2", "--val-pairs", "0"))) == 0
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    logged = {r["step"]: r["loss/arcface"] for r in read_metrics(out) if "loss/arcface" in r}
+    scalars = {e.step: e.value for e in acc.Scalars("loss/arcface")}
+    assert sorted(logged) == [2, 4] and scalars == pytest.approx(logged, rel=1e-6)
+    quiet = tmp_path / "quiet"
+    assert main(_args(quiet, "--max-steps", "1", "--val-pairs", "0")) == 0
+    assert not (quiet / "tensorboard").exists() or not list((quiet / "tensorboard").iterdir())
+
+
+def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path: Path) -> None:
+    """README: bf16 autocast is available (it runs on the CPU too) and --channels-last trains the same model."""
+    common = ("--max-steps", "3", "--val-pairs", "0", "--log-every", "1", "--seed", "1", "--deterministic", "--lr", "0.01")
+    runs = {}
+    for name, extra in (("plain", ()), ("bf16", ("--amp", "bf16")), ("cl", ("--channels-last",))):
+        assert main(_args(tmp_path / name, *common, *extra)) == 0
+        runs[name] = ([r["loss/arcface"] for r in read_metrics(tmp_path / name) if "loss/arcface" in r],
+                      load_weights_file(tmp_path / name / "backbone.pth"))
+    plain_losses, plain = runs["plain"]
+    # channels_last: the same computation in another memory layout (float sums in another order)
+    assert runs["cl"][0][0] == pytest.approx(plain_losses[0], rel=1e-5)
+    assert runs["cl"][0] == pytest.approx(plain_losses, rel=1e-3)
+    # the two trained models embed alike (weights agree to ~1e-2: BN biases whose true gradient is 0 get noise)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    embed = {}
+    for name in ("plain", "cl"):
+        model = load_backbone("mbf", tmp_path / name / "backbone.pth", embedding_size=32, input_size=32,
+                              width=0.125).eval()
+        with torch.no_grad():
+            embed[name] = torch.nn.functional.normalize(model(x), dim=1)
+    assert float((embed["plain"] * embed["cl"]).sum(1).min()) > 0.999
+    # bf16: autocast really ran (the first loss differs in the low bits) and training went on
+    bf16_losses, bf16 = runs["bf16"]
+    assert bf16_losses[0] != plain_losses[0] and bf16_losses[0] == pytest.approx(plain_losses[0], rel=2e-2)
+    assert all(np.isfinite(bf16_losses)) and bf16.keys() == plain.keys()
+    assert all(v.dtype == plain[k].dtype for k, v in bf16.items())  # weights stay float32
