@@ -330,3 +330,46 @@ def test_a_rank_lost_mid_build_stops_the_waiting_rank_and_its_part_resumes(tmp_p
     assert [t.calls for t in teachers] == [0, 2 * 3]  # only rank 1's missing rows 12..14, image + flip
     fresh = TeacherCache.build(tmp_path / "fresh", make_teacher(), dataset, dataset.transform, batch_size=5)
     assert np.array_equal(results[0].array, fresh.array) and np.array_equal(results[1].array, fresh.array)
+
+
+def test_corrupt_image_in_the_cache_build_is_a_reported_zero_row(tmp_path: Path, caplog) -> None:
+    """A corrupt file in the labeled set: the build goes on, says how many, stores zero rows for it
+    (both views) and the teacher's embeddings for every other image; the fitted centres ignore it."""
+    import logging
+
+    import cv2
+
+    from facekd.distill.teacher import class_centres
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "faces"
+    for person in ("anna", "bob"):
+        (root / person).mkdir(parents=True)
+        for k in range(3):
+            assert cv2.imwrite(str(root / person / f"{k}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    (root / "bob" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    data = open_dataset(f"folder:{root}")
+    assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]  # sorted: anna/0-2, bob/0-2
+    bad = [4]  # bob/1.png
+    teacher = make_teacher()
+    logger = logging.getLogger("facekd")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="facekd"):
+            cache = TeacherCache.build(tmp_path / "c", teacher, data, None, batch_size=4)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "1 corrupt image(s) stored as zero rows" in caplog.text
+    rows = np.asarray(cache.array, dtype=np.float32)
+    zero = [i for i in range(len(data)) if not rows[i].any()]
+    assert zero == bad
+    good = [i for i in range(len(data)) if i not in bad]
+    images = torch.stack([open_dataset(f"folder:{root}")[i]["image"] for i in good])
+    with torch.no_grad():
+        expected = teacher.embed_images(images).numpy()
+    np.testing.assert_allclose(rows[good, 0], expected, rtol=2e-3, atol=2e-3 * float(np.abs(expected).max()))
+    # the centres fitted from the cache are those of the readable images alone
+    report = teacher.fit_classifier_from_cache(cache, data.labels, 2)
+    want, _ = class_centres(torch.from_numpy(rows[good].reshape(-1, 16)),
+                            torch.as_tensor(data.labels[good]).repeat_interleave(2), 2)
+    assert torch.allclose(teacher.classifier_weight(), want, atol=1e-5) and report["num_samples"] == 12
