@@ -264,3 +264,25 @@ def test_killed_distillation_resumes_to_the_uninterrupted_weights(teacher: Path,
     assert full_ckpt["step"] == cut_ckpt["step"] == 8 and "distill" in full_ckpt["modules"]
     connector, resumed = full_ckpt["modules"]["distill"], cut_ckpt["modules"]["distill"]
     assert connector and all(torch.equal(connector[k], resumed[k]) for k in connector)
+
+
+def test_kd_and_cosine_terms_inside_the_task_equal_hand_computations(teacher: Path, tmp_path: Path) -> None:
+    """The baselines' values, not only their names: kd = KL(softmax(z_t/4) || softmax(z_s/4)) * 16 with
+    z_s the student head's margin-free logits and z_t the teacher critic's; cosine = 0.5 * 16 * mean(1 - cos)."""
+    task = _task(teacher, tmp_path / "kd", "--loss", "kd:1.0,cosine:0.5")
+    batch = next(iter(task.loader))
+    modules = task.modules()
+    modules["backbone"].eval()
+    terms = task.compute_losses(batch, modules)
+    with torch.no_grad():
+        e_s = modules["backbone"](batch.images)
+        e_t = task.teacher.outputs(batch).embedding
+        head_w = F.normalize(modules["head"].weight, dim=1)
+        z_s = 16.0 * F.normalize(e_s, dim=1) @ head_w.T
+        z_t = 16.0 * F.normalize(e_t, dim=1) @ F.normalize(task.teacher.classifier_weight(), dim=1).T
+        log_p_s, log_p_t = F.log_softmax(z_s / 4.0, dim=1), F.log_softmax(z_t / 4.0, dim=1)
+        kd = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean() * 16.0
+        q = modules["distill"].losses["cosine"].connector.matrix()
+        cos = F.cosine_similarity(F.normalize(e_s, dim=1) @ q.T, e_t, dim=1)
+    assert terms["kd/kl"].item() == pytest.approx(kd.item(), rel=1e-4) and kd.item() > 1e-3
+    assert terms["cosine/cos"].item() == pytest.approx(0.5 * 16.0 * (1 - cos).mean().item(), rel=1e-4)
