@@ -66,7 +66,7 @@ def teacher(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_teacher_run_logs_topk_each_epoch(teacher: Path) -> None:
+def test_teacher_run_logs_topk_each_epoch(teacher: Path, cifar: Path) -> None:
     records = read_metrics(teacher)
     evals = [r for r in records if "eval/test/top1" in r]
     assert [r["step"] for r in evals] == [3, 6]  # 24 images / batch 8 = 3 steps per epoch
@@ -77,6 +77,8 @@ def test_teacher_run_logs_topk_each_epoch(teacher: Path) -> None:
     assert results["best"]["top1"] == max(r["eval/test/top1"] for r in evals)
     model = load_backbone("resnet20", teacher / "backbone.pth", num_classes=100)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    # the last logged top-k is that of the saved model, scored by hand
+    assert {k: evals[-1][f"eval/test/{k}"] for k in ("top1", "top5")} == pytest.approx(_topk_by_hand(model, cifar))
 
 
 def test_srd_distillation_with_open_set_pool(cifar: Path, pool: Path, teacher: Path, tmp_path: Path) -> None:
