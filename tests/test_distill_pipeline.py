@@ -232,8 +232,14 @@ def test_unlabeled_ratio_sets_the_mix_of_every_batch(teacher: Path, tmp_path: Pa
         batch = next(it)
         assert int(batch.labeled.sum()) == 12 and int((~batch.labeled).sum()) == unlabeled
         assert (batch.labels[~batch.labeled] == -1).all() and (batch.source[~batch.labeled] == 1).all()
-    terms = task.compute_losses(batch, task.modules())  # CE on the labeled rows, SRD on every row
+    modules = task.modules()
+    terms = task.compute_losses(batch, modules)
     assert set(terms) == {"arcface", "srd/logits", "srd/feat"}
+    # README: unlabeled rows get only the distillation terms: the margin loss is that of the labeled rows
+    with torch.no_grad():
+        emb = modules["backbone"](batch.images)
+        labeled_only = modules["head"](emb[batch.labeled], batch.labels[batch.labeled])
+    assert terms["arcface"].item() == pytest.approx(labeled_only.item(), rel=1e-5)
 
 
 def test_killed_distillation_resumes_to_the_uninterrupted_weights(teacher: Path, tmp_path: Path) -> None:
