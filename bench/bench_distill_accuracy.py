@@ -25,7 +25,10 @@ from facekd.pipelines.demo import DemoConfig, ModelRun, stage_data, stage_evalua
 
 FAR = 1e-3
 METHODS = (  # (key, title, loss or None for the student alone, loss options, unlabeled pool)
-    # options may name {scale} and {margin}: the run's own ArcFace head's (DemoConfig.scale, .margin)
+    # options may name {scale} and {margin}: the run's own ArcFace head's (DemoConfig.scale, .margin).
+    # Every distilled student's critic is the teacher's own trained margin head (--teacher-head, as the
+    # SRD paper does), except the rows in FITTED_CRITIC, which refit class means of the teacher's
+    # embeddings (what distill does when a user has no head).
     ("alone", "student alone (ArcFace)", None, (), False),
     ("kd", "student + kd (Hinton, T=4)", "kd", (), False),
     ("cosine", "student + cosine", "cosine", (), False),
@@ -36,11 +39,18 @@ METHODS = (  # (key, title, loss or None for the student alone, loss options, un
      ("proxyless.scale={scale}", "proxyless.margin={margin}"), False),
     ("adadistill", "student + adadistill (AdaDistill: margin loss on adaptive teacher centres)", "adadistill",
      ("adadistill.scale={scale}", "adadistill.margin={margin}"), False),
+    ("srd_fitted", "student + srd, critic fitted from class means (ablation)", "srd", (), False),
+    ("proxyless_only", "student + proxyless alone (no ArcFace head: the paper's form)", "proxyless",
+     ("proxyless.scale={scale}", "proxyless.margin={margin}"), False),
     ("kd_pool", "student + kd + unlabeled pool", "kd", (), True),
     ("cosine_pool", "student + cosine + unlabeled pool", "cosine", (), True),
     ("feat_pool", "student + feat + unlabeled pool", "feat", (), True),
 )
-BASELINES = ("kd", "cosine", "proxyless", "adadistill")
+FITTED_CRITIC = ("srd_fitted",)
+"""Rows whose critic is refitted from the teacher's class means instead of its trained head."""
+NO_LABEL_LOSS = ("proxyless_only",)
+"""Rows trained with the distillation loss only (``--label-weight 0``), as their papers do."""
+BASELINES = ("kd", "cosine", "proxyless", "proxyless_only", "adadistill")
 """Rivals of ``srd`` without the pool."""
 POOL_BASELINES = ("kd_pool", "cosine_pool", "feat_pool")
 """Rivals of ``srd_pool``: the same pool, one unlabeled row per labeled row, as ``srd_pool``."""
@@ -49,6 +59,13 @@ POOL_BASELINES = ("kd_pool", "cosine_pool", "feat_pool")
 def method_options(options: Sequence[str], cfg: DemoConfig) -> tuple[str, ...]:
     """A method's loss options with ``{scale}`` and ``{margin}`` filled from the run's head."""
     return tuple(o.format(scale=f"{cfg.scale:g}", margin=f"{cfg.margin:g}") for o in options)
+
+
+def method_args(key: str, teacher: ModelRun) -> tuple[str, ...]:
+    """Distill flags of a row: the teacher's trained head as the critic (unless the row refits it),
+    ``--label-weight 0`` for the rows trained with their distillation loss only."""
+    args: tuple[str, ...] = () if key in FITTED_CRITIC else ("--teacher-head", str(teacher.out / "head.pth"))
+    return args + (("--label-weight", "0") if key in NO_LABEL_LOSS else ())
 
 
 def select_methods(spec: str) -> tuple[tuple, ...]:
@@ -157,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run = stage_student_alone(cfg, out, key=name, seed=seed)
                 else:
                     run = stage_student_distilled(cfg, out, teacher, pool, loss=loss, key=name, seed=seed,
-                                                  loss_options=method_options(options, cfg))
+                                                  loss_options=method_options(options, cfg),
+                                                  extra_args=method_args(key, teacher))
                 stage_evaluate(run, data, FAR)
                 results[key].append(run)
                 print(f"{name}: accuracy {run.metrics['accuracy']:.4f}, TAR@FAR=1e-3 {run.metrics['tar_at_far']:.4f}, "
@@ -181,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"teacher {cfg.teacher} x{cfg.teacher_width} ({cfg.teacher_steps} steps), students {cfg.student} "
         f"x{cfg.student_width} with {cfg.student_embedding}-d embeddings, each {cfg.student_steps} steps of "
         f"{cfg.batch_size} labeled images, SGD lr {cfg.lr} cosine, clip 5, ArcFace (s={cfg.scale:g}, "
-        f"m={cfg.margin}) on labeled rows for every student; the pool adds {cfg.pool_ids} other identities x "
+        f"m={cfg.margin}) on labeled rows for every student but proxyless_only (the distillation loss alone, as "
+        f"its paper); the critic of every distilled student is the teacher's own trained margin head "
+        f"(srd_fitted: class means of the teacher's embeddings instead); the pool adds {cfg.pool_ids} other identities x "
         f"{cfg.pool_per_id} photos, one unlabeled row per labeled row. Evaluation on identities none of the "
         f"models saw: {cfg.pairs} verification pairs of {cfg.val_ids} identities (10-fold accuracy as insightface "
         f"computes it; TAR at FAR=1e-3 over all pairs) and rank-1 identification ({cfg.gallery_ids} gallery "

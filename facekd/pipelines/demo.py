@@ -174,8 +174,9 @@ def stage_student_alone(cfg: DemoConfig, out: Path, key: str = "student_alone", 
 
 def stage_student_distilled(cfg: DemoConfig, out: Path, teacher: ModelRun, unlabeled: bool, *,
                             loss: str | None = None, key: str | None = None, seed: int | None = None,
-                            loss_options: Sequence[str] = ()) -> ModelRun:
-    """The student distilled from the teacher (facekd.pipelines.distill), optionally with the pool."""
+                            loss_options: Sequence[str] = (), extra_args: Sequence[str] = ()) -> ModelRun:
+    """The student distilled from the teacher (facekd.pipelines.distill), optionally with the pool;
+    ``extra_args`` are further distill flags (a benchmark's ``--teacher-head``, ``--label-weight``)."""
     from facekd.pipelines import distill
 
     loss = loss or cfg.loss
@@ -190,7 +191,7 @@ def stage_student_distilled(cfg: DemoConfig, out: Path, teacher: ModelRun, unlab
                 "--loss", loss, *([f"--loss-option={','.join(loss_options)}"] if loss_options else []),
                 "--data", _data_spec(cfg), "--cache-dir", str(out / "teacher_cache"),
                 *(["--unlabeled", _pool_spec(cfg)] if unlabeled else []), *_train_common(cfg, seed),
-                "--out", str(run_dir)]
+                *extra_args, "--out", str(run_dir)]
         what = f"{name} + unlabeled open-set pool" if unlabeled else name
         _train(f"student distilled with {what}", distill.main, argv, "facekd.pipelines.distill", run_dir)
     title = f"student + {name}" + (" + unlabeled pool" if unlabeled else "")
