@@ -54,31 +54,8 @@ def _single_value_zero(loss: CriticMatchingLoss, student: StudentOutput, batch: 
     return {loss.term("logits"): zero, loss.term("feat"): zero}
 
 
-@register_loss("srrl", kinds=("face",))
-class SRRLFace(FaceCriticMatching):
-    """SRRL for face students: L_SR on s*cos logits + L_FM on the embedding, labeled rows only.
-
-    Options: alpha (L_FM weight), beta (L_SR weight), labeled_only (True, as published).
-    """
-
-    def __init__(self, student_dim: int, teacher_dim: int, *, alpha: float = 1.0, beta: float = 1.0,
-                 labeled_only: bool = True) -> None:
-        alpha = check_positive(self.name, "alpha", alpha)
-        beta = check_positive(self.name, "beta", beta)
-        super().__init__(student_dim, teacher_dim, mode="mse", T=1.0, logit_weight=beta, feat_weight=alpha,
-                         feat_norm="none", labeled_only=labeled_only)
-
-    def forward(self, student: StudentOutput, teacher: TeacherOutput, batch: Any) -> dict[str, Tensor]:
-        """``srrl/logits`` and ``srrl/feat`` over the covered rows (zero when one row is covered in training)."""
-        return _single_value_zero(self, student, batch) or super().forward(student, teacher, batch)
-
-
-@register_loss("srrl", kinds=("classifier",))
-class SRRLClassifier(MapCriticMatching):
-    """SRRL for classification students as published (conv1x1-BN-ReLU, GAP, teacher fc, L2 losses).
-
-    Options: alpha (L_FM weight), beta (L_SR weight), labeled_only (True, as published).
-    """
+class _SRRL:
+    """SRRL's options and step on top of a critic-matching form (face or map): L2 losses, labeled rows."""
 
     def __init__(self, student_dim: int, teacher_dim: int, *, alpha: float = 1.0, beta: float = 1.0,
                  labeled_only: bool = True) -> None:
@@ -90,3 +67,19 @@ class SRRLClassifier(MapCriticMatching):
     def forward(self, student: StudentOutput, teacher: TeacherOutput, batch: Any) -> dict[str, Tensor]:
         """``srrl/logits`` and ``srrl/feat`` over the covered rows (zero when BatchNorm sees one value)."""
         return _single_value_zero(self, student, batch) or super().forward(student, teacher, batch)
+
+
+@register_loss("srrl", kinds=("face",))
+class SRRLFace(_SRRL, FaceCriticMatching):
+    """SRRL for face students: L_SR on s*cos logits + L_FM on the embedding, labeled rows only.
+
+    Options: alpha (L_FM weight), beta (L_SR weight), labeled_only (True, as published).
+    """
+
+
+@register_loss("srrl", kinds=("classifier",))
+class SRRLClassifier(_SRRL, MapCriticMatching):
+    """SRRL for classification students as published (conv1x1-BN-ReLU, GAP, teacher fc, L2 losses).
+
+    Options: alpha (L_FM weight), beta (L_SR weight), labeled_only (True, as published).
+    """
