@@ -161,8 +161,11 @@ def sample_folder_pairs(root: str | PathLike[str], num_pairs: int = 6000, folds:
                             f"({2 * folds}) so every fold has as many genuine as impostor pairs")
     identities = [i for i in scan_identities(root) if i.files]
     if len(identities) < 2 * folds:
+        fits = len(identities) // 2
+        fix = (f"add identities, or pass --folds {fits} (verify's 10-fold accuracy is then computed on folds "
+               f"that share identities)" if fits >= 1 else "add identities (at least 2 are needed)")
         raise DataPrepError(f"{root}: {len(identities)} identities with images; {folds} folds of "
-                            f"disjoint identities need at least {2 * folds}")
+                            f"disjoint identities need at least {2 * folds}: {fix}")
     rng = np.random.default_rng(seed)
     groups = np.array_split(rng.permutation(len(identities)), folds)
     per_class = num_pairs // (2 * folds)

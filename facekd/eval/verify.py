@@ -87,9 +87,10 @@ def _folds_text(folds: Sequence[int]) -> str:
     return ", ".join(str(k + 1) for k in folds[:5]) + (f" (+{len(folds) - 5} more)" if len(folds) > 5 else "")
 
 
-def fold_notes(issame: np.ndarray, nfolds: int = 10) -> list[str]:
+def fold_notes(issame: np.ndarray, nfolds: int = 10, folds_flag: str = "--nfolds") -> list[str]:
     """What the pair layout alone does to the figures, whatever the model: folds too small for a
-    meaningful accuracy, folds without a genuine pair (VAL@FAR nan) or an impostor pair (its FAR nan)."""
+    meaningful accuracy, folds without a genuine pair (VAL@FAR nan) or an impostor pair (its FAR nan).
+    ``folds_flag`` is how the calling command sets the fold count (training: verify's flag)."""
     same = np.asarray(issame, dtype=bool)
     n = int(same.size)
     notes: list[str] = []
@@ -98,7 +99,7 @@ def fold_notes(issame: np.ndarray, nfolds: int = 10) -> list[str]:
         notes.append(f"{n} pairs in {nfolds} folds is {per_fold} pairs per fold (fewer than {MIN_PAIRS_PER_FOLD}): "
                      f"each fold's accuracy moves in steps of {1.0 / max(per_fold, 1):.2g} and its threshold is "
                      f"fitted on {n - per_fold} pairs, so Accuracy-Flip is not meaningful; use more pairs "
-                     f"(make_bin --num-pairs) or fewer --nfolds")
+                     f"(make_bin --num-pairs) or fewer folds ({folds_flag})")
     no_same, no_diff = [], []
     for k, (_, test) in enumerate(fold_splits(n, nfolds)):
         if not same[test].any():
@@ -109,7 +110,7 @@ def fold_notes(issame: np.ndarray, nfolds: int = 10) -> list[str]:
         notes.append(f"VAL@FAR=1e-3 is nan: test fold(s) {_folds_text(no_same)} of {nfolds} hold no genuine pair, "
                      f"so VAL (genuine pairs accepted) is undefined there; the folds are contiguous blocks of the "
                      f"file, as insightface's, so build the .bin with genuine and impostor pairs in every block "
-                     f"(make_bin --folds {nfolds}) or pass the --nfolds it was built with")
+                     f"(make_bin --folds {nfolds}) or evaluate with the folds it was built with ({folds_flag})")
     if no_diff:
         notes.append(f"the FAR behind VAL@FAR is nan: test fold(s) {_folds_text(no_diff)} of {nfolds} hold no "
                      f"impostor pair")

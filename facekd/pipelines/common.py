@@ -103,7 +103,8 @@ def warn_fold_layout(sets: Sequence[ValidationSet], nfolds: int = 10) -> None:
     from facekd.log import get_logger
 
     for vs in sets:
-        for note in fold_notes(vs.issame, nfolds):
+        for note in fold_notes(vs.issame, nfolds, folds_flag=f"training evaluates with {nfolds} folds; "
+                                                           f"python -m facekd.eval.verify --nfolds K"):
             get_logger(__name__).warning("validation set %s: %s", vs.name, note)
 
 
