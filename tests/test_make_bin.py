@@ -163,7 +163,7 @@ def test_save_pairs_never_leaves_the_bin_refused(tmp_path: Path, caplog: pytest.
 
 
 def test_too_few_identities_for_the_folds_names_the_folds_that_fit(tmp_path: Path) -> None:
-    _lfw_tree(tmp_path / "few", people=5, images=2)
+    _lfw_tree(tmp_path / "few", people=5, images=5)
     with pytest.raises(DataPrepError, match=r"5 identities .* at least 20: add identities, or pass --folds 2"):
         sample_folder_pairs(tmp_path / "few", num_pairs=40, folds=10)
     pairs = sample_folder_pairs(tmp_path / "few", num_pairs=40, folds=2)
