@@ -140,3 +140,18 @@ def test_unlabeled_pools(tmp_path: Path) -> None:
     assert syn.source.first_identity == UNLABELED_BASE
     assert not set(syn.source.identities) & set(open_dataset("synthetic:ids=4,per_id=2,size=32").source.identities)
     assert syn[0]["label"] == -1
+
+
+def test_align_records_in_a_crop_folder_are_not_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """align's own manifest.jsonl / align_summary.json sit in every crop folder: a pool or a training
+    folder made by align must not warn about them; other stray files still are."""
+    _tree(tmp_path / "crops", {"a": 2, "b": 2})
+    (tmp_path / "crops" / "manifest.jsonl").write_text("{}\n")
+    (tmp_path / "crops" / "align_summary.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert len(ImageFiles(tmp_path / "crops")) == 4 and len(ImageFolderFaces(tmp_path / "crops")) == 4
+    assert "non-image" not in caplog.text
+    (tmp_path / "crops" / "a" / "notes.txt").write_text("x")
+    with caplog.at_level("WARNING"):
+        ImageFiles(tmp_path / "crops")
+    assert "skipped 1 non-image file(s) (e.g. a/notes.txt)" in caplog.text

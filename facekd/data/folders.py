@@ -42,7 +42,12 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
+ALIGN_RECORDS = frozenset({"manifest.jsonl", "align_summary.json"})
+"""What ``facekd.data_prep.align`` writes at the top of its output folder: expected, not warned about."""
+
+
 def _warn_skipped(root: Path, skipped: list[Path]) -> None:
+    skipped = [p for p in skipped if not (p.parent == root and p.name in ALIGN_RECORDS)]
     if skipped:
         examples = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
         log.warning("%s: skipped %d non-image file(s) (e.g. %s)", root, len(skipped), examples)
