@@ -89,7 +89,7 @@ def test_srd_distillation_with_open_set_pool(cifar: Path, pool: Path, teacher: P
     assert classify.main(args) == 0
     records = read_metrics(out)
     terms = {k for r in records for k in r if k.startswith("loss/")}
-    assert terms == {"loss/ce", "loss/srd/logits", "loss/srd/feat"}
+    assert terms == {"loss/ce", "loss/srd/logits", "loss/srd/feat", "loss/srd/head"}
     assert all(np.isfinite(r[k]) for r in records for k in terms if k in r)
     results = json.loads((out / "results.json").read_text())
     teacher_results = json.loads((teacher / "results.json").read_text())
@@ -129,7 +129,7 @@ def test_ce_on_labeled_rows_only_and_srd_equals_hand_computation(cifar: Path, po
     modules = task.modules()
     modules["backbone"].train()
     terms = task.compute_losses(batch, modules)
-    assert set(terms) == {"ce", "srd/logits", "srd/feat"}
+    assert set(terms) == {"ce", "srd/logits", "srd/feat", "srd/head"}
 
     out = modules["backbone"](batch.images, return_features=True)
     assert torch.allclose(terms["ce"], F.cross_entropy(out.logits[:4], batch.labels[:4]), atol=1e-6)
@@ -138,10 +138,14 @@ def test_ce_on_labeled_rows_only_and_srd_equals_hand_computation(cifar: Path, po
     with torch.no_grad():
         t_out = teacher_model(batch.images, return_features=True)
     x_hat, z_hat = _hand_srd(out.feature_map, connector.conv, connector.bn, teacher_model.fc)
-    # all 8 rows, the 4 unlabeled ones included, are distilled
-    assert torch.allclose(terms["srd/logits"], ((z_hat - t_out.logits) ** 2).mean(), rtol=1e-4, atol=1e-6)
+    # all 8 rows, the 4 unlabeled ones included, are distilled (default mode=kl, T=4)
+    kl = F.kl_div(F.log_softmax(z_hat / 4, 1), F.softmax(t_out.logits / 4, 1), reduction="batchmean") * 16
+    assert torch.allclose(terms["srd/logits"], kl, rtol=1e-4, atol=1e-6)
     assert torch.allclose(terms["srd/feat"], ((x_hat - t_out.feature_map.mean(dim=(2, 3))) ** 2).mean(),
                           rtol=1e-4, atol=1e-6)
+    # the head term: the student's own logits learn the teacher's (KL, T=4) on all 8 rows too
+    head = F.kl_div(F.log_softmax(out.logits / 4, 1), F.softmax(t_out.logits / 4, 1), reduction="batchmean") * 16
+    assert torch.allclose(terms["srd/head"], head, rtol=1e-4, atol=1e-6)
     # the labels of the unlabeled rows are never read: changing them changes nothing
     relabeled = Batch(batch.images, batch.labels.clone(), batch.labeled, batch.index, batch.source, batch.flipped)
     relabeled.labels[4:] = 7
@@ -157,7 +161,8 @@ def test_srd_logit_term_alone_trains_student_and_connector_through_the_frozen_fc
                                                                                teacher: Path) -> None:
     """Backward on the cross-network logit term only: its gradient equals that of the hand formula,
     reaches the connector and the student through the teacher's fc, and never the fc itself."""
-    task = _task(teacher, cifar, pool, "--labeled-per-class", "2", "--unlabeled-ratio", "1.0")
+    task = _task(teacher, cifar, pool, "--labeled-per-class", "2", "--unlabeled-ratio", "1.0",
+                 "--loss-option", "srd.mode=mse")
     batch = next(iter(task.loader))
     modules = task.modules()
     modules["backbone"].train()

@@ -139,7 +139,7 @@ def test_srd_classifier_matches_published_construction() -> None:
     pooled_t = np.abs(rng.normal(size=(n, ct)))   # ... teacher pooled from a map of another size
     W, bias = rng.normal(size=(k, ct)), rng.normal(size=k)
     z_t = rng.normal(size=(n, k))
-    loss = build_loss("srd", "classifier", student_dim=cs, teacher_dim=ct, lambda_f=10.0)
+    loss = build_loss("srd", "classifier", student_dim=cs, teacher_dim=ct, lambda_f=10.0, mode="mse")
     conv = rng.normal(size=(ct, cs))
     g, b = rng.uniform(0.5, 1.5, size=ct), rng.normal(size=ct)
     with torch.no_grad():
@@ -158,6 +158,34 @@ def test_srd_classifier_matches_published_construction() -> None:
     z_hat = x_hat @ W.T + bias
     assert terms["srd/logits"].item() == pytest.approx(np.mean((z_hat - z_t) ** 2), rel=1e-4)
     assert terms["srd/feat"].item() == pytest.approx(10.0 * np.mean((x_hat - pooled_t) ** 2), rel=1e-4)
+
+
+def test_srd_classifier_head_term_is_hinton_kl_on_every_row() -> None:
+    """srd/head (default weight 1): KL(T) of the student's own logits against the teacher's, over
+    every row, pool rows included; only on the labeled rows with labeled_only; absent at head=0."""
+    rng = np.random.default_rng(11)
+    n, cs, ct, k = 6, 3, 5, 4
+    linear = nn.Linear(ct, k)
+    z_s, z_t = rng.normal(size=(n, k)) * 3, rng.normal(size=(n, k)) * 5
+    student = StudentOutput(feature_map=t64(rng.normal(size=(n, cs, 2, 2))), logits=t64(z_s),
+                            pooled=t64(rng.normal(size=(n, cs))))
+    teacher = TeacherOutput(feature_map=torch.zeros(n, ct, 2, 2),
+                            pooled=t64(np.abs(rng.normal(size=(n, ct)))), logits=t64(z_t),
+                            critic=LinearCritic(linear))
+    mixed = batch_of(n, [True, True, True, False, False, False])
+    terms = build_loss("srd", "classifier", student_dim=cs, teacher_dim=ct, T=3.0)(student, teacher, mixed)
+    assert set(terms) == {"srd/logits", "srd/feat", "srd/head"}
+    assert terms["srd/head"].item() == pytest.approx(np_hinton(z_s, z_t, 3.0), rel=1e-5)
+    half = build_loss("srd", "classifier", student_dim=cs, teacher_dim=ct, head=0.5, labeled_only=True)
+    assert half(student, teacher, mixed)["srd/head"].item() == pytest.approx(0.5 * np_hinton(z_s[:3], z_t[:3], 4.0),
+                                                                            rel=1e-5)
+    published = build_loss("srd", "classifier", student_dim=cs, teacher_dim=ct, head=0.0)
+    assert set(published(student, teacher, mixed)) == {"srd/logits", "srd/feat"}
+    with pytest.raises(InvalidLossOptionError):
+        build_loss("srd", "classifier", student_dim=cs, teacher_dim=ct, head=-1.0)
+    other_classes = StudentOutput(feature_map=student.feature_map, logits=t64(z_s[:, :3]), pooled=student.pooled)
+    with pytest.raises(DistillInputError, match="srd.head=0"):
+        build_loss("srd", "classifier", student_dim=cs, teacher_dim=ct)(other_classes, teacher, mixed)
 
 
 # ---------------------------------------------------------------- gradient routing
