@@ -104,6 +104,9 @@ def verdict_text(means: dict[str, float], stds: dict[str, float], alone: float, 
             parts.append(f"{key} closes {(means[key] - alone) / gap:.0%} of the teacher-student gap")
     if "srd" in means and "srd_pool" in means:
         parts.append(f"the pool adds on top of srd: {means['srd_pool'] - means['srd']:+.4f}")
+    if "srd" in means and "srd_fitted" in means:
+        parts.append(f"critic: the teacher's trained head {means['srd']:.4f} vs class means fitted on the labeled "
+                     f"set {means['srd_fitted']:.4f}")
     if "srd" in means and "srd_kl" in means:
         parts.append(f"MSE vs KL on the critic logits: {means['srd']:.4f} vs {means['srd_kl']:.4f}")
     return ("; ".join(parts) + ". Pool runs see the same labeled images plus one unlabeled row per labeled row "
@@ -215,9 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     body += "\n\n" + verdict_text(means, stds, alone, gap)
     if args.labeled_per_id:
         write_section("distill_accuracy_few_labels", f"Distillation accuracy with {args.labeled_per_id} labeled photos "
-                      "per identity (3 seeds)", body)
+                      f"per identity ({args.seeds} seeds)", body)
     else:
-        write_section("distill_accuracy", "Distillation accuracy on synthetic identities (3 seeds)", body)
+        write_section("distill_accuracy", f"Distillation accuracy on synthetic identities ({args.seeds} seeds)", body)
     return 0
 
 
