@@ -1,7 +1,7 @@
 """Backbones (faces and classification), heads, weight loading and ONNX.
 
-Importing the package imports every backbone module, which registers its builders in
-``facekd.models.registry.BACKBONES``: adding a backbone is one new module imported here.
+The first lookup in ``facekd.models.registry.BACKBONES`` imports every module of this package, so
+adding a backbone is one new module (the built-in ones are also imported here, as attributes).
 The contract every backbone meets is ``facekd.models.interface``. Heads, weights, ONNX and
 summaries live in their submodules (``facekd.models.heads`` ...).
 """

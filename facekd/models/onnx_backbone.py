@@ -16,19 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
-from google.protobuf.message import DecodeError
-from onnxruntime.capi.onnxruntime_pybind11_state import (
-    Fail as _OrtFail,
-    InvalidArgument as _OrtInvalidArgument,
-    InvalidGraph as _OrtInvalidGraph,
-    InvalidProtobuf as _OrtInvalidProtobuf,
-    NoSuchFile as _OrtNoSuchFile,
-    NotImplemented as _OrtNotImplemented,
-    RuntimeException as _OrtRuntimeException,
-)
 from torch import Tensor, nn
 
 from facekd.errors import FileProblemError
@@ -47,8 +35,19 @@ OUTPUT_NAME = "embedding"
 RAW_PIXEL_MEAN = 127.5
 RAW_PIXEL_STD = 127.5
 """(x - 127.5) / 127.5 == (x/255 - 0.5) / 0.5: how insightface recognition inputs are normalised."""
-_ORT_ERRORS = (_OrtFail, _OrtInvalidArgument, _OrtInvalidGraph, _OrtInvalidProtobuf, _OrtNoSuchFile,
-               _OrtNotImplemented, _OrtRuntimeException)
+def _ort() -> Any:
+    """onnxruntime, imported on first use (``import facekd.models`` stays free of it)."""
+    import onnxruntime
+
+    return onnxruntime
+
+
+def _ort_errors() -> tuple[type[Exception], ...]:
+    """The exceptions onnxruntime raises for a file it cannot load or run."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf, state.NoSuchFile,
+            state.NotImplemented, state.RuntimeException)
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -78,7 +77,7 @@ class _EmbeddingOnly(nn.Module):
 
 
 def _default_providers() -> list[str]:
-    available = ort.get_available_providers()
+    available = _ort().get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
@@ -87,7 +86,7 @@ def onnx_max_abs_diff(path: str | os.PathLike[str], model: nn.Module, x: Tensor)
     the largest |torch| embedding value, the scale the difference is judged against."""
     with torch.no_grad():
         expected = _EmbeddingOnly(model)(x).float().numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = _ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy().astype(np.float32)})[0]
     if got.shape != expected.shape:
         raise OnnxExportError(f"{path}: ONNX output shape {list(got.shape)} differs from torch {list(expected.shape)}")
@@ -118,6 +117,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], input_size: int 
             torch.onnx.export(wrapper, (x,), tmp, dynamo=False, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=opset, dynamic_axes=axes,
                               do_constant_folding=True)
+        import onnx
+
         onnx.checker.check_model(tmp)
         if check:
             # Relative to the embedding scale: early in training eval-mode embeddings can be huge.
@@ -143,6 +144,9 @@ def _normalisation_in_graph(path: Path) -> bool:
     Such graphs start with Sub and Mul nodes (named 'Sub...'/'_minus...' and 'Mul...'/'_mul...') and
     expect raw 0..255 pixels; insightface applies the same test.
     """
+    import onnx
+    from google.protobuf.message import DecodeError
+
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except (DecodeError, OSError, ValueError):
@@ -166,8 +170,8 @@ class OnnxBackbone:
         if not self.path.is_file():
             raise OnnxModelError(self.path, "ONNX model file not found")
         try:
-            self.session = ort.InferenceSession(str(self.path), providers=list(providers or _default_providers()))
-        except _ORT_ERRORS as err:
+            self.session = _ort().InferenceSession(str(self.path), providers=list(providers or _default_providers()))
+        except _ort_errors() as err:
             reason = str(err).split("\n")[0][:300]
             raise OnnxModelError(self.path, f"is not a readable ONNX model (corrupt or another format: {reason})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

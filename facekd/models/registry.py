@@ -1,12 +1,12 @@
 """The one model factory: ``build_backbone(name, **options)`` over the ``BACKBONES`` registry.
 
-Model modules register builders with ``@register_backbone("r50")``; importing ``facekd.models``
-imports every model module (its ``__init__``), so the registry is complete before a lookup.
+Model modules register builders with ``@register_backbone("r50")``; the first lookup imports every
+module of ``facekd.models`` (none of them imports anything heavy at module level), so a new
+backbone is one new module.
 The contract a builder meets is written in ``facekd.models.interface``.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
 from torch import nn
@@ -22,8 +22,7 @@ class UnknownModelError(ValueError):
 
 
 BACKBONES: Registry[Callable[..., nn.Module]] = Registry(
-    "model", kinds=BACKBONE_KINDS, error=UnknownModelError,
-    loader=lambda: importlib.import_module("facekd.models"))
+    "model", kinds=BACKBONE_KINDS, error=UnknownModelError, package="facekd.models")
 """Every registered backbone builder by name, with its kind."""
 
 
