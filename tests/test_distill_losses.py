@@ -582,3 +582,13 @@ def test_srd_mse_with_partial_fc_sample_scores_all_classes() -> None:
     values = [loss(StudentOutput(embedding=e_s), TeacherOutput(embedding=e_t, critic=critic, centres=c),
                    batch_of(4))["srd/logits"].item() for c in (None, torch.tensor([1, 7, 9]), torch.arange(40))]
     assert values[0] == pytest.approx(values[1], rel=1e-6) and values[0] == pytest.approx(values[2], rel=1e-6)
+
+
+def test_only_losses_that_read_sampled_logits_make_a_step_choose_centres() -> None:
+    """SRD's default MSE, feat, cosine and adadistill never read the step's Partial FC sample, so a
+    step with only them skips choosing it (a collective under torchrun); kd and SRD's KL do read it."""
+    def needs(spec: str, **options: dict) -> bool:
+        return build_losses(spec, "face", student_dim=8, teacher_dim=8, options=options).scores_centres
+
+    assert not needs("srd") and not needs("feat,cosine") and not needs("adadistill")
+    assert needs("kd") and needs("srd,kd:0.5") and needs("srd", srd={"mode": "kl"}) and needs("proxyless")

@@ -314,7 +314,7 @@ class DistillTask(FaceVerificationEval, TrainTask):
             head = modules["head"]
             logits = head.s * head.cosine(out.embedding)
         centres = None
-        if self.cfg.partial_fc < 1.0:
+        if self.cfg.partial_fc < 1.0 and modules["distill"].scores_centres:
             centres = self._critic_centres(batch, modules)
         teacher_out = self.teacher.outputs(batch, centres)
         terms.update(modules["distill"](StudentOutput.from_model(out, logits), teacher_out, batch))

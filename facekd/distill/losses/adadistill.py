@@ -73,6 +73,8 @@ class AdaDistill(DistillLoss):
     "none"), num_classes (0: the teacher critic's class count). The module docstring gives the equations.
     """
 
+    scores_centres = False  # its centres are its own buffer, not the critic's sample
+
     centres: Tensor
 
     def __init__(self, student_dim: int, teacher_dim: int, *, scale: float = 64.0, margin: float = 0.45,

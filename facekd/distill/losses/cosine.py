@@ -35,6 +35,8 @@ def _connector_kind(value: str | bool) -> str:
 class CosineEmbedding(DistillLoss):
     """1 - cosine between the (connected) student vector and the teacher's; options: weight, connector."""
 
+    scores_centres = False  # never reads the critic
+
     def __init__(self, student_dim: int, teacher_dim: int, *, weight: float = 1.0,
                  connector: str | bool = "bn") -> None:
         super().__init__(student_dim, teacher_dim)

@@ -37,6 +37,8 @@ def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 class FeatFace(DistillLoss):
     """MSE between the connected student embedding and the teacher embedding; options: weight, feat_norm."""
 
+    scores_centres = False  # never reads the critic
+
     def __init__(self, student_dim: int, teacher_dim: int, *, weight: float = 1.0, feat_norm: str = "none") -> None:
         super().__init__(student_dim, teacher_dim)
         self.weight = check_positive(self.name, "weight", weight)
@@ -53,6 +55,8 @@ class FeatFace(DistillLoss):
 @register_loss("feat", kinds=("classifier",))
 class FeatMap(DistillLoss):
     """MSE between the connected student feature map and the teacher's (spatially matched); option: weight."""
+
+    scores_centres = False  # never reads the critic
 
     def __init__(self, student_dim: int, teacher_dim: int, *, weight: float = 1.0) -> None:
         super().__init__(student_dim, teacher_dim)

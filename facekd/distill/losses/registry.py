@@ -48,6 +48,9 @@ class DistillLoss(nn.Module):
     """Base of every registered loss: ``name`` prefixes its terms; override ``forward``."""
 
     name: str = ""
+    scores_centres: bool = True
+    """Whether this loss reads logits over ``TeacherOutput.centres`` (the step's Partial FC sample);
+    when no loss of a set does, a step skips choosing them (a collective under torchrun)."""
 
     def __init__(self, student_dim: int, teacher_dim: int) -> None:
         super().__init__()
@@ -193,6 +196,11 @@ class LossSet(nn.Module):
             for key, value in loss(student, teacher, batch).items():
                 terms[key] = value * self.weights[name]
         return terms
+
+    @property
+    def scores_centres(self) -> bool:
+        """Whether any loss of the set reads logits over the step's sampled centres."""
+        return any(loss.scores_centres for loss in self.losses.values())
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}:{v:g}" for k, v in self.weights.items())

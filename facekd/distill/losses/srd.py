@@ -86,6 +86,8 @@ class CriticMatchingLoss(DistillLoss):
         self.feat_weight = float(feat_weight)
         self.feat_norm = check_mode(self.name, "feat_norm", feat_norm, FEATURE_NORMS)
         self.labeled_only = bool(labeled_only)
+        # the MSE goes through the critic's closed form over all classes (TeacherOutput.logit_mse)
+        self.scores_centres = self.mode != "mse"
 
     _anchor = "embedding"
     """The student field every row of the batch has (used to count rows and to build a zero)."""
