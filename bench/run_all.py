@@ -18,7 +18,9 @@ from pathlib import Path
 
 RUN_SEPARATELY = {
     "bench_binary": "python -m bench.bench_binary --jobs 3   (3 seeds x 5 students; about 7 min on one H200)",
-    "bench_distill_accuracy": "python -m bench.bench_distill_accuracy   (19 training runs; about 40 min on 2 cores)",
+    "bench_distill_accuracy": "python -m bench.bench_distill_accuracy   (12 methods x 3 seeds; about 65 min on 2 cores)",
+    "bench_srd_study": "python -m bench.bench_srd_study --work-dir DIR   (variants of srd on bench_distill_accuracy's "
+                       "work directory; about 2 min per run on 2 cores)",
     "bench_export": "python -m bench.bench_export   (trains a student, exports and times 8 models; about 20 min on 2 cores)",
     "bench_scale": "python -m bench.bench_scale   (93k-identity RecordIO, 2 torchrun x2 runs; about 15 min on 2 cores)",
 }

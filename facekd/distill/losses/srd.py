@@ -44,6 +44,29 @@ and data): alone 0.894, the earlier form 0.927, the defaults 0.934, so nothing i
 earlier form worked.
 ``mode="mse"`` stays the default (the authors' form; MSE and KL tied on the accuracy benchmark).
 
+Issue 14 searched again with the teacher's own trained margin head as the critic (as published),
+20 labels per identity, 400 steps, verification accuracy per seed (``python -m bench.bench_srd_study
+--work-dir DIR``, docs/benchmarks.md "What SRD's face form needs"; noise between seeds about 0.003):
+
+=====================================  ===============  ===============
+variant                                 labeled only     + open-set pool
+=====================================  ===============  ===============
+kd (baseline)                           .9244 .9251      .9328 .9374
+srd, the defaults                       .9271 .9293      .9364 .9358
+beta=16 / beta=32 (pool)                .9290 .9257      .9337 / .9338
+KL logits (T=4)                         .9264            .9342 .9344
+logits only (lambda_f=0) / lambda_f=4                    .9318 / .9320
+critic fitted from class means          .9328 .9303      .9329
+srd:1,proxyless:1                       .9310 .9280      .9371 .9326
+srd:1,kd:1                              .9275            .9322
+=====================================  ===============  ===============
+
+No variant beat the defaults on both seeds, so they stay. The logit scale needs no retuning with
+the class count: the MSE is a mean over classes, so for centres spread over the sphere it is
+s^2/D_t |d|^2 at any C (``logit_norm="unit"`` removes the s^2/D_t as well); bench_distill_accuracy
+``--train-ids 1000`` checks it at 1,000 identities. ``srd:1,proxyless:1`` is worth trying with
+labels only (best mean there, but within the noise).
+
 Classification (``kind="classifier"``, the published construction): phi = Conv1x1(C_s -> C_t, no
 bias) + BatchNorm2d + ReLU on the student's last feature map, then global average pooling:
 x_hat = GAP(phi(F_s)); z_hat = W_t x_hat + b_t with the teacher's linear layer; feature term
