@@ -35,6 +35,7 @@ METHODS = (  # (key, title, loss or None for the student alone, loss options, un
     ("alone", "student alone (ArcFace)", None, (), False),
     ("kd", "student + kd (Hinton, T=4)", "kd", (), False),
     ("cosine", "student + cosine", "cosine", (), False),
+    ("srrl", "student + srrl (SRRL, SRD's supervised predecessor: labeled rows)", "srrl", (), False),
     ("srd_kl", "student + srd, KL logits (T=4)", "srd", ("srd.mode=kl",), False),
     ("srd", "student + srd, MSE logits (default)", "srd", (), False),
     ("srd_pool", "student + srd + unlabeled pool", "srd", (), True),
@@ -53,7 +54,7 @@ FITTED_CRITIC = ("srd_fitted",)
 """Rows whose critic is refitted from the teacher's class means instead of its trained head."""
 NO_LABEL_LOSS = ("proxyless_only",)
 """Rows trained with the distillation loss only (``--label-weight 0``), as their papers do."""
-BASELINES = ("kd", "cosine", "proxyless", "proxyless_only", "adadistill")
+BASELINES = ("kd", "cosine", "srrl", "proxyless", "proxyless_only", "adadistill")
 """Rivals of ``srd`` without the pool."""
 POOL_BASELINES = ("kd_pool", "cosine_pool", "feat_pool")
 """Rivals of ``srd_pool``: the same pool, one unlabeled row per labeled row, as ``srd_pool``."""
@@ -226,12 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{cfg.batch_size} labeled images, SGD lr {cfg.lr} cosine, clip 5, ArcFace (s={cfg.scale:g}, "
         f"m={cfg.margin}) on labeled rows for every student but proxyless_only (the distillation loss alone, as "
         f"its paper); the critic of every distilled student is the teacher's own trained margin head "
-        f"(srd_fitted: class means of the teacher's embeddings instead); the pool adds {cfg.pool_ids} other identities x "
-        f"{cfg.pool_per_id} photos, one unlabeled row per labeled row. Evaluation on identities none of the "
+        f"(srd_fitted: class means of the teacher's embeddings instead); the pool adds {cfg.pool_ids} other "
+        f"identities x {cfg.pool_per_id} photos, one unlabeled row per labeled row. Evaluation on identities none of the "
         f"models saw: {cfg.pairs} verification pairs of {cfg.val_ids} identities (10-fold accuracy as insightface "
         f"computes it; TAR at FAR=1e-3 over all pairs) and rank-1 identification ({cfg.gallery_ids} gallery "
         f"identities). mean +- std over seeds (student initialisation, data order, augmentation); 'gap closed' = "
-        f"(method - alone) / (teacher - alone) in mean accuracy. Wall time {minutes:.0f} min.\n\n"
+        f"(method - alone) / (teacher - alone) in mean accuracy. Wall time {minutes:.0f} min "
+        f"(runs already in the work directory are reused, not retrained; one student run takes about 1.5 min "
+        f"on 2 idle cores).\n\n"
         + table(["model", "verification acc", "TAR@FAR=1e-3", "rank-1", "seeds", "gap closed"], rows)
     )
     body += "\n\n" + verdict_text({key: [r.metrics["accuracy"] for r in runs] for key, runs in results.items()},

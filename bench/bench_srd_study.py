@@ -113,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     minutes = (time.perf_counter() - t0) / 60
     body = (f"Variants of `srd` on bench_distill_accuracy's setting (20 labels per identity, teacher's trained "
             f"head as the critic unless said, {cfg.student_steps} student steps of {cfg.batch_size} labeled "
-            f"images, pool rows one unlabeled per labeled); seeds {args.seeds} (each row lists the seeds it ran); wall time {minutes:.0f} min "
+            f"images, pool rows one unlabeled per labeled); seeds {args.seeds} (each row lists the seeds it "
+            f"ran); wall time {minutes:.0f} min "
             f"(finished runs reused).\n\n"
             + table(["variant", "accuracy per seed", "mean accuracy", "TAR@FAR=1e-3", "pool"], rows))
     write_section("srd_study", "What SRD's face form needs (issue 14)", body)
