@@ -14,6 +14,7 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -79,8 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="train nothing: tabulate the finished runs of the named variants and seeds")
     args = parser.parse_args(argv)
     os.environ.setdefault("FACEKD_NO_PROGRESS", "1")
-    from dataclasses import replace
-
     out = Path(args.work_dir)
     cfg = replace(bench_config(False), out=str(out))
     seeds = [int(s) for s in args.seeds.split(",")]
