@@ -66,7 +66,8 @@ No variant beat the defaults beyond the noise. ``srd:1,proxyless:1`` has the bes
 it was not made the default here for want of time to rerun every table with it. The logit scale needs no retuning with
 the class count: the MSE is a mean over classes, so for centres spread over the sphere it is
 s^2/D_t |d|^2 at any C (``logit_norm="unit"`` removes the s^2/D_t as well); bench_distill_accuracy
-``--train-ids 1000`` checks it at 1,000 identities. 
+``--train-ids 1000`` checks it at 1,000 identities.
+
 Classification (``kind="classifier"``, the published construction): phi = Conv1x1(C_s -> C_t, no
 bias) + BatchNorm2d + ReLU on the student's last feature map, then global average pooling:
 x_hat = GAP(phi(F_s)); z_hat = W_t x_hat + b_t with the teacher's linear layer; feature term
